@@ -1,0 +1,272 @@
+"""Command line: argparse subcommands that turn flags into a config and call the library, nothing more.
+
+Each subcommand has an `_add_<name>(subparsers)` that declares its flags and a `_cmd_<name>(args) -> int` that runs it.
+Heavy imports (torch) happen inside the `_cmd_*` functions so that `reslab --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from reslab import __version__
+from reslab.errors import ReslabError
+
+# ----------------------------------------------------------------------------------------------------------------------
+# subcommands
+
+
+def _add_models(sub):
+    p = sub.add_parser("models", help="list every model with its parameter count and a one-line description")
+    p.add_argument("--filter", default="", metavar="TEXT", help="only names containing TEXT")
+    return p
+
+
+def _cmd_models(args) -> int:
+    from reslab.summary import format_model_list
+
+    print(format_model_list(args.filter))
+    return 0
+
+
+def _add_summary(sub):
+    p = sub.add_parser("summary", help="layer-by-layer output shapes, parameters and multiply-adds of a model")
+    p.add_argument("name", nargs="?", help="a model name (see `reslab models`)")
+    p.add_argument(
+        "--input",
+        default=None,
+        metavar="CxHxW",
+        help="input size, e.g. 3x224x224 (default: the model's own, e.g. 1x28x28 for d2l_resnet18)",
+    )
+    p.add_argument("--depth", type=int, default=2, help="how deep into the module tree to list layers (default 2)")
+    p.add_argument("--num-classes", type=int, default=None, help="override the model's number of classes")
+    p.add_argument(
+        "--stages",
+        action="store_true",
+        help="print the paper's architecture table for resnet18..resnet152 side by side",
+    )
+    return p
+
+
+def _cmd_summary(args) -> int:
+    from reslab.summary import format_stages_table, format_summary, parse_input_size
+
+    if args.stages:
+        print(format_stages_table())
+        return 0
+    if not args.name:
+        raise ReslabError("summary needs a model NAME (see `reslab models`) or --stages")
+    overrides = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    input_size = None if args.input is None else parse_input_size(args.input)
+    print(format_summary(args.name, input_size=input_size, depth=args.depth, **overrides))
+    return 0
+
+
+def _add_data(sub):
+    p = sub.add_parser("data", help="find, verify or download Fashion-MNIST")
+    p.add_argument("--data-dir", default=None, help="a folder with the four IDX files (.gz or not)")
+    p.add_argument("--check", action="store_true", help="only check: exit 0 if verified data is found, 1 if not")
+    return p
+
+
+def _cmd_data(args) -> int:
+    from reslab.data.fashion_mnist import find_data_dir, load_fashion_mnist
+
+    if args.check:
+        found = find_data_dir(args.data_dir)
+        if found is None:
+            print("Fashion-MNIST: not found")
+            return 1
+        load_fashion_mnist(found, download=False)  # verifies; raises DataError (exit 2) if damaged
+        print(f"Fashion-MNIST: verified in {found}")
+        return 0
+    ds = load_fashion_mnist(args.data_dir, download=True)
+    print(
+        f"Fashion-MNIST: {len(ds.train_labels):,} training and {len(ds.test_labels):,} test images "
+        f"verified in {ds.source}"
+    )
+    return 0
+
+
+def _add_train(sub):
+    from reslab.config import RECIPES
+
+    p = sub.add_parser(
+        "train",
+        help="train a model on Fashion-MNIST (the default recipe unless flags say otherwise)",
+        description="Flags left unset take the recipe's value (see `reslab train --recipe`); "
+        "the default recipe is in reslab/config.py and the README.",
+    )
+    p.add_argument(
+        "--recipe",
+        default="default",
+        choices=sorted(RECIPES),
+        help="a named set of defaults; other flags override it ('d2l' is the seeds' exact configuration)",
+    )
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="model name (see `reslab models`)")
+    g.add_argument(
+        "--zero-init-residual",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="start each residual branch at zero (last BN gamma = 0)",
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files (else $RESLAB_DATA, cache, Debian)")
+    g.add_argument("--dataset", choices=["fashion-mnist", "synthetic"], help="'synthetic' is a tiny learnable stand-in")
+    g.add_argument("--val-size", type=int, help="images held out of the training set for choosing hyperparameters")
+    g.add_argument("--resize", type=int, help="train and evaluate at this square size (the seeds use 96)")
+    g.add_argument("--crop-padding", type=int, help="random-crop padding in pixels (0 turns cropping off)")
+    g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("-b", "--batch-size", type=int, help="images per step per process (global = this x world size)")
+    g.add_argument("--lr", type=float, help="peak learning rate for --batch-size images (scaled with world size)")
+    g.add_argument("--opt", choices=["sgd", "adam", "adamw"])
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--sched", choices=["onecycle", "cosine", "step", "none"])
+    g.add_argument("--warmup-epochs", type=float)
+    g.add_argument("--label-smoothing", type=float)
+    g = p.add_argument_group("speed")
+    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision ('auto': bf16 where fast)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    g.add_argument("--threads", type=int, help="CPU threads per process (default: torch's choice)")
+    g.add_argument(
+        "--sync-bn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="synchronise BatchNorm statistics across processes (CUDA + DDP)",
+    )
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--output", help="parent folder of run folders")
+    g.add_argument("--name", help="run folder name (default: model and time)")
+    g.add_argument(
+        "--resume",
+        help="a checkpoint (last.pt) or run folder to continue; 'auto' resumes --output/--name "
+        "if it has a checkpoint (what torchrun restarts rely on)",
+    )
+    g.add_argument("--ckpt-interval", type=int, help="also save last.pt every N steps (0: only at epoch ends)")
+    g.add_argument("--max-steps", type=int, help="stop after this many steps in total (for quick tests)")
+    g.add_argument("--train-subset", type=int, help="train on only the first N images of the training split")
+    return p
+
+
+def _cmd_train(args) -> int:
+    from reslab.config import config_from_args
+
+    config = config_from_args(args)  # validates the flags before torch is imported
+    from reslab.train import fit
+
+    result = fit(config)
+    return 0 if result.completed else 1
+
+
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
+    p.add_argument("checkpoint", help="a .pt file written by `reslab train` (or its run folder)")
+    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--output", default=None, help="where to write confusion_matrix.png (default: the run folder)")
+    return p
+
+
+def _cmd_eval(args) -> int:
+    from reslab.evaluate import evaluate_checkpoint
+
+    evaluate_checkpoint(
+        args.checkpoint,
+        split=args.split,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        device=args.device,
+        output=args.output,
+    )
+    return 0
+
+
+def _add_predict(sub):
+    p = sub.add_parser("predict", help="top-k classes for image files (PNG, JPEG; any size or mode)")
+    p.add_argument("checkpoint", help="a .pt file written by `reslab train` (or its run folder)")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("-k", "--topk", type=int, default=3)
+    p.add_argument("--invert", action="store_true", help="invert images first (dark objects on a light background)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    return p
+
+
+def _cmd_predict(args) -> int:
+    from reslab.predict import predict_files
+
+    failures = predict_files(args.checkpoint, args.images, topk=args.topk, invert=args.invert, device=args.device)
+    return 1 if failures else 0
+
+
+def _add_experiment(sub):
+    p = sub.add_parser("experiment", help="the paper's comparisons: 'degradation' (plain vs residual), 'shortcuts'")
+    p.add_argument("which", choices=["degradation", "shortcuts"])
+    p.add_argument("--depths", default=None, help="comma-separated depths (degradation default 20,56; shortcuts 20)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--output", default=None, help="folder for the figure, table and raw numbers")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a small subset and one short epoch: checks the pipeline")
+    return p
+
+
+def _cmd_experiment(args) -> int:
+    from reslab.experiments import run_experiment_cli
+
+    return run_experiment_cli(args)
+
+
+_SUBCOMMANDS_ALL = [
+    (_add_train, _cmd_train),
+    (_add_eval, _cmd_eval),
+    (_add_predict, _cmd_predict),
+    (_add_models, _cmd_models),
+    (_add_summary, _cmd_summary),
+    (_add_experiment, _cmd_experiment),
+    (_add_data, _cmd_data),
+]
+
+# ----------------------------------------------------------------------------------------------------------------------
+# entry point
+
+_SUBCOMMANDS = _SUBCOMMANDS_ALL
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reslab",
+        description="Deep residual networks (ResNet): build, inspect, train and understand them.",
+    )
+    parser.add_argument("--version", action="version", version=f"reslab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add, cmd in _SUBCOMMANDS:
+        add(sub).set_defaults(func=cmd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ReslabError as e:
+        print(f"reslab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"reslab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

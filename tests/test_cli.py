@@ -1,0 +1,33 @@
+import subprocess
+import sys
+
+import pytest
+
+import reslab
+from reslab.cli import main
+
+
+def test_version_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"reslab {reslab.__version__}"
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ["train", "eval", "predict", "models", "summary", "experiment", "data"]:
+        assert cmd in out
+
+
+def test_python_dash_m_works_like_the_console_script():
+    out = subprocess.run([sys.executable, "-m", "reslab", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"reslab {reslab.__version__}"
+
+
+def test_bad_flag_value_is_a_clear_error_without_traceback(capsys):
+    assert main(["train", "--epochs", "0", "--dataset", "synthetic"]) == 2
+    err = capsys.readouterr().err
+    assert "--epochs" in err and "Traceback" not in err
