@@ -61,16 +61,16 @@ if [ ! -e "$stamp" ]; then
   [ "$dev" = 1 ] && touch ".venv/.installed-$(sha256sum pyproject.toml | cut -c1-12)"  # --dev covers the plain set-up
 fi
 
-# 3. Fashion-MNIST.
+# 3. Fashion-MNIST: Debian's package where apt can install it without a prompt (root, or sudo without a password),
+#    else reslab's own download into ~/.cache/reslab/fashion-mnist.
 if [ "$data" = 1 ] && ! .venv/bin/reslab data --check >/dev/null 2>&1; then
-  if command -v apt-get >/dev/null 2>&1 && apt-cache show dataset-fashion-mnist >/dev/null 2>&1; then
-    sudo=""
-    [ "$(id -u)" != 0 ] && sudo="sudo -n"
-    if [ -z "$sudo" ] || sudo -n true 2>/dev/null; then
-      say "installing Debian's dataset-fashion-mnist"
-      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
-        say "apt-get could not install dataset-fashion-mnist; falling back to the download"
-    fi
+  sudo=""
+  [ "$(id -u)" != 0 ] && sudo="sudo -n"
+  if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
+    say "installing Debian's dataset-fashion-mnist"
+    apt_install() { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; }
+    apt_install || { $sudo apt-get update -qq >/dev/null 2>&1 && apt_install; } ||
+      say "apt-get could not install dataset-fashion-mnist; trying the download"
   fi
   .venv/bin/reslab data   # finds the files, or downloads them into ~/.cache/reslab; says how if offline
 fi
