@@ -1,0 +1,117 @@
+"""Figures written to files: training curves and confusion matrices (matplotlib, Agg backend: no display needed).
+
+matplotlib is imported inside the functions so that importing reslab stays fast and never touches a display.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot():
+    import matplotlib
+
+    # Agg before pyplot: a headless machine (CI, ssh, a cluster node) has no display for the default backend.
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) of the rows where `key` has a number (val_acc is None without a validation split)."""
+    xs, ys = [], []
+    for i, row in enumerate(history):
+        v = row.get(key)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            continue
+        xs.append(float(row.get("epoch", i + 1)))
+        ys.append(float(v))
+    return xs, ys
+
+
+def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, *, title: str | None = None) -> Path:
+    """Loss (left) and accuracy (right) per epoch from `fit`'s history rows; returns the path written.
+
+    Rows are dicts with `epoch` and any of `train_loss`, `train_acc`, `val_acc`, `test_acc` (fractions in [0, 1]);
+    missing or None values are skipped, so a run without a validation split still plots.
+    """
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    xs, ys = _series(history, "train_loss")
+    ax_loss.plot(xs, ys, "o-", color="C0", label="train loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("cross-entropy loss")
+    ax_loss.set_title("loss")
+    ax_loss.grid(alpha=0.3)
+    ax_loss.legend()
+
+    for key, label, color in [("train_acc", "train", "C0"), ("val_acc", "val", "C1"), ("test_acc", "test", "C2")]:
+        xs, ys = _series(history, key)
+        if xs:
+            ax_acc.plot(xs, [100 * y for y in ys], "o-", color=color, label=label)
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("accuracy (%)")
+    ax_acc.set_title("accuracy")
+    ax_acc.grid(alpha=0.3)
+    ax_acc.legend()
+    for ax in (ax_loss, ax_acc):
+        # whole epochs only: a 2-epoch run should not get ticks at 1.25, 1.5, ...
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion_matrix(
+    cm: Any, classes: Sequence[str], path: str | Path, *, title: str | None = None, normalize: bool = True
+) -> Path:
+    """A (K, K) confusion matrix (rows: true class, columns: predicted) as a labelled heat map; returns the path.
+
+    Each cell shows its count; the colour is the row-normalised fraction (recall per true class) so that classes of
+    different sizes are comparable. `cm` is a torch tensor, numpy array or nested list.
+    """
+    import numpy as np
+
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    counts = np.asarray(cm.cpu() if hasattr(cm, "cpu") else cm, dtype=np.int64)
+    k = len(classes)
+    if counts.shape != (k, k):
+        raise ValueError(f"confusion matrix of shape {counts.shape} does not match {k} classes")
+    row_sums = counts.sum(axis=1, keepdims=True)
+    frac = counts / np.maximum(row_sums, 1) if normalize else counts / max(counts.max(), 1)
+
+    size = max(5.0, 0.6 * k + 2.5)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size), layout="constrained")
+    im = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
+    cbar = fig.colorbar(im, ax=ax, shrink=0.8)
+    cbar.set_label("fraction of the true class" if normalize else "fraction of the largest cell")
+    ax.set_xticks(range(k), labels=list(classes), rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(k), labels=list(classes))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fontsize = 9 if k <= 12 else max(5, 9 - (k - 12) // 4)
+    for i in range(k):
+        for j in range(k):
+            if counts[i, j] == 0:
+                continue
+            # white text on dark cells, black on light ones
+            color = "white" if frac[i, j] > 0.5 else "black"
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", color=color, fontsize=fontsize)
+    total = int(counts.sum())
+    acc = float(np.trace(counts)) / max(total, 1)
+    ax.set_title(title or f"confusion matrix: {100 * acc:.2f}% of {total:,} correct")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reslab.plots import plot_confusion_matrix, plot_curves
+
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+def _is_png(path):
+    with Image.open(path) as im:
+        return im.format == "PNG" and im.width > 200 and im.height > 200
+
+
+def test_plot_curves_writes_a_png(tmp_path):
+    history = [
+        {"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.5 + 0.1 * e, "val_acc": 0.5 + 0.09 * e, "test_acc": 0.6}
+        for e in range(1, 4)
+    ]
+    path = plot_curves(history, tmp_path / "sub" / "curves.png")
+    assert path.exists() and _is_png(path)
+
+
+def test_plot_curves_without_validation_split(tmp_path):
+    history = [{"epoch": 1, "train_loss": 0.9, "train_acc": 0.7, "val_acc": None, "test_acc": 0.72}]
+    assert _is_png(plot_curves(history, tmp_path / "curves.png"))
+
+
+@pytest.mark.parametrize("kind", ["tensor", "array", "list"])
+def test_plot_confusion_matrix_accepts_tensor_array_list(tmp_path, kind):
+    rng = np.random.default_rng(0)
+    cm = rng.integers(0, 50, size=(10, 10)) + np.eye(10, dtype=np.int64) * 900
+    cm = {"tensor": torch.from_numpy(cm), "array": cm, "list": cm.tolist()}[kind]
+    assert _is_png(plot_confusion_matrix(cm, CLASSES, tmp_path / "cm.png"))
+
+
+def test_plot_confusion_matrix_with_an_empty_class_row(tmp_path):
+    cm = np.array([[5, 1, 0], [0, 0, 0], [2, 0, 7]])
+    assert _is_png(plot_confusion_matrix(cm, ["a", "b", "c"], tmp_path / "cm.png"))
+
+
+def test_plot_confusion_matrix_rejects_mismatched_classes(tmp_path):
+    with pytest.raises(ValueError, match="3 classes"):
+        plot_confusion_matrix(np.zeros((10, 10)), ["a", "b", "c"], tmp_path / "cm.png")
