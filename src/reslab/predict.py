@@ -1,0 +1,232 @@
+"""Classify image files with a trained checkpoint: `reslab predict CHECKPOINT IMAGE...`.
+
+An image of any size and mode becomes what the model saw in training: a light object on a black background, 28x28
+grayscale uint8 like Fashion-MNIST, then the same resize and normalisation as the evaluation loader.
+
+    from reslab.predict import predict
+    predict("runs/resnet20/best.pt", ["shoe.jpg"], topk=3)   # [[("Sneaker", 0.91), ("Sandal", 0.06), ...]]
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import nn
+
+from reslab.errors import ReslabError
+
+# Fashion-MNIST's own size: images are brought to it first, then resized like the training images were (--resize),
+# so a model trained at 96x96 sees an upsampled 28x28 image, as in training, not a sharper one.
+NATIVE_SIZE = 28
+
+_EXIF_ORIENTATION = 0x0112
+_REDUCIBLE = ("L", "LA", "RGB", "RGBA", "I", "F")
+# EXIF orientation -> the transpose that undoes it (as PIL.ImageOps.exif_transpose)
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# reading images
+
+
+def load_image(source: str | Path | Any, *, size: int = NATIVE_SIZE, invert: bool = False) -> torch.Tensor:
+    """One image file (or PIL image) -> a (size, size) uint8 tensor: grayscale, light object on black, aspect kept.
+
+    - Transparent pixels become background: composited on black, or on white when `invert` (so they end up black).
+    - `invert` turns a dark object on a light background (a photo, a drawing) into Fashion-MNIST's light-on-black.
+    - The longer side is scaled to `size` and the shorter one padded with the background level: Fashion-MNIST's
+      images were made that way (longest edge resized, then centred), so a plain stretch would distort the shape.
+    - A very large file is decoded at reduced scale where the format allows (JPEG DCT scaling) and shrunk in integer
+      steps first, so a 10000x10000 photo takes well under a second; beyond Pillow's pixel limit it is refused.
+
+    Raises ReslabError naming the file on anything unreadable.
+    """
+    name = "<image>" if isinstance(source, Image.Image) else str(source)
+    try:
+        with warnings.catch_warnings():
+            # between Pillow's warning and error limits (89M..179M pixels) we shrink early, so the warning is noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = source if isinstance(source, Image.Image) else Image.open(source)
+            orientation = im.getexif().get(_EXIF_ORIENTATION)  # phone photos store their rotation in EXIF
+            # JPEG: decode at 1/2, 1/4 or 1/8 scale while staying at least 4x the target size
+            im.draft(im.mode, (4 * size, 4 * size))
+            im.load()
+    except FileNotFoundError:
+        raise ReslabError(f"cannot read {name!r}: no such file") from None
+    except IsADirectoryError:
+        raise ReslabError(f"cannot read {name!r}: it is a folder, not an image") from None
+    except PermissionError:
+        raise ReslabError(f"cannot read {name!r}: permission denied") from None
+    except UnidentifiedImageError:
+        raise ReslabError(f"cannot read {name!r}: not an image Pillow can read (expected PNG or JPEG)") from None
+    except Image.DecompressionBombError as e:
+        raise ReslabError(
+            f"cannot read {name!r}: too many pixels to decode safely ({e}); shrink it first, e.g. to 1000x1000"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data: Pillow raises any of these
+        raise ReslabError(f"cannot read {name!r}: damaged image data ({e})") from None
+
+    if im.mode == "1":
+        im = im.convert("L")
+    elif im.mode in ("P", "PA"):  # box-reducing palette indices would mean nothing; the palette may be transparent
+        im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+    factor = max(im.size) // (3 * size)
+    if factor > 1 and im.mode in _REDUCIBLE:
+        # an integer box-filter shrink before anything else: converting a 10000x10000 RGBA image first costs seconds
+        im = im.reduce(factor)
+    im = _to_gray(im, background=255 if invert else 0)
+    if invert:
+        im = ImageOps.invert(im)
+    im.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    if orientation in _TRANSPOSE:  # after shrinking: cheaper, and the square box makes the order irrelevant
+        im = im.transpose(_TRANSPOSE[orientation])
+    a = np.asarray(im, dtype=np.uint8)
+    canvas = np.full((size, size), _background_level(a), dtype=np.uint8)
+    top, left = (size - a.shape[0]) // 2, (size - a.shape[1]) // 2
+    canvas[top : top + a.shape[0], left : left + a.shape[1]] = a
+    return torch.from_numpy(canvas)
+
+
+def _to_gray(im, *, background: int):
+    """Any Pillow mode -> "L"; alpha composited on a flat `background` level (0 black, 255 white)."""
+    if im.mode.startswith("I") or im.mode == "F":
+        # 16-bit PNGs: Pillow's own conversion to L clips at 255 instead of scaling
+        a = np.asarray(im, dtype=np.float64)
+        top = 1.0 if im.mode == "F" and a.max() <= 1 else 65535.0 if a.max() > 255 else 255.0
+        return Image.fromarray(np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8), mode="L")
+    if im.mode in ("RGBA", "LA", "La", "RGBa"):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (background, background, background, 255))
+        im = Image.alpha_composite(bg, im)
+    return im.convert("L")
+
+
+def _background_level(a) -> int:
+    """The padding level: the median of the image's border, 0 for a Fashion-MNIST-like image (black surround)."""
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    return int(np.median(border))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the model
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def _load(model_or_checkpoint: nn.Module | str | Path, device: torch.device) -> tuple[nn.Module, list[str], dict]:
+    """(model in eval mode on `device`, class names, config dict) from a checkpoint path or a loaded model."""
+    from reslab.checkpoint import load_checkpoint
+
+    if isinstance(model_or_checkpoint, nn.Module):
+        model = model_or_checkpoint
+    else:
+        model = load_checkpoint(model_or_checkpoint, device=str(device))
+    config = getattr(model, "reslab_config", None) or {}
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    classes = getattr(model, "reslab_classes", None)
+    if classes is None:
+        from reslab.data.fashion_mnist import CLASSES as classes
+    return model.to(device).eval(), list(classes), dict(config)
+
+
+def _batch(images: torch.Tensor, model: nn.Module, config: dict, device: torch.device) -> torch.Tensor:
+    """(N, 28, 28) uint8 -> the model's input: the same normalisation and resize as evaluation (prepare_batch)."""
+    from reslab.data.transforms import prepare_batch
+
+    x = prepare_batch(images.to(device), resize_to=config.get("resize"))  # (N, 1, H, W)
+    in_chans = _in_chans(model)
+    if x.shape[1] == 1 and in_chans > 1:  # a model built for RGB input: the gray image on every channel
+        x = x.expand(-1, in_chans, -1, -1)
+    return x
+
+
+def _in_chans(model: nn.Module) -> int:
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv.in_channels if conv is not None else 1
+
+
+@torch.no_grad()
+def predict(
+    model_or_checkpoint: nn.Module | str | Path,
+    images: Sequence[str | Path | Any],
+    *,
+    topk: int = 3,
+    invert: bool = False,
+    device: str = "cpu",
+) -> list[list[tuple[str, float]]]:
+    """Top-`topk` (class name, probability) pairs for each image, most likely first.
+
+    `model_or_checkpoint` is a checkpoint path (.pt or its run folder) or a model from `load_checkpoint`; `images`
+    are file paths or PIL images. Raises ReslabError on the first unreadable image (see `predict_files` to go on).
+    """
+    dev = _resolve_device(device)
+    model, classes, config = _load(model_or_checkpoint, dev)
+    batch = torch.stack([load_image(im, invert=invert) for im in images]) if images else None
+    return [] if batch is None else _topk(model, classes, config, batch, topk=topk, device=dev)
+
+
+def _topk(model, classes, config, batch, *, topk: int, device) -> list[list[tuple[str, float]]]:
+    k = max(1, min(topk, len(classes)))
+    out = []
+    for chunk in batch.split(256):
+        probs = model(_batch(chunk, model, config, device)).float().softmax(dim=1)
+        p, i = probs.topk(k, dim=1)  # (B, k) each
+        for row_p, row_i in zip(p.tolist(), i.tolist(), strict=True):
+            out.append([(classes[c], q) for q, c in zip(row_p, row_i, strict=True)])
+    return out
+
+
+def predict_files(
+    checkpoint: str | Path,
+    paths: Sequence[str | Path],
+    *,
+    topk: int = 3,
+    invert: bool = False,
+    device: str = "auto",
+) -> list[tuple[str, str]]:
+    """Print one line per image with its top-k classes; return the (path, reason) of each image that failed.
+
+    An unreadable file is reported on stderr by name and the others are still predicted; a bad checkpoint raises
+    ReslabError since nothing can be predicted without it.
+    """
+    if topk < 1:
+        raise ReslabError(f"--topk: expected a positive number of classes, got {topk}")
+    dev = _resolve_device(device)
+    model, classes, config = _load(checkpoint, dev)
+    loaded, failures = [], []
+    for p in paths:
+        try:
+            loaded.append((str(p), load_image(p, invert=invert)))
+        except ReslabError as e:
+            failures.append((str(p), str(e)))
+            print(f"reslab predict: {e}", file=sys.stderr)
+    if loaded:
+        results = _topk(model, classes, config, torch.stack([t for _, t in loaded]), topk=topk, device=dev)
+        width = max(len(name) for name, _ in loaded)
+        for (name, _), pairs in zip(loaded, results, strict=True):
+            print(f"{name:<{width}}  " + "  ".join(f"{c} {100 * q:5.1f}%" for c, q in pairs))
+    return failures
