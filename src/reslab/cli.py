@@ -63,7 +63,13 @@ def _cmd_summary(args) -> int:
 
 
 def _add_data(sub):
-    p = sub.add_parser("data", help="find, verify or download Fashion-MNIST")
+    p = sub.add_parser(
+        "data",
+        help="find, verify or download Fashion-MNIST",
+        description="Looks for the four IDX files in --data-dir, $RESLAB_DATA, ~/.cache/reslab/fashion-mnist and "
+        "/usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist), in that order, and checks each against "
+        "the official SHA-256; where none has them, downloads them into ~/.cache/reslab/fashion-mnist.",
+    )
     p.add_argument("--data-dir", default=None, help="a folder with the four IDX files (.gz or not)")
     p.add_argument("--check", action="store_true", help="only check: exit 0 if verified data is found, 1 if not")
     return p

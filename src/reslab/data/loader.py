@@ -1,0 +1,136 @@
+"""Batches from an in-memory uint8 dataset: seeded shuffling, sharding across processes, batched augmentation.
+
+Nothing here keeps hidden state between batches: the order of an epoch is a function of (seed, epoch) and the
+augmentation of a batch a function of (seed, epoch, step, rank). A run resumed at step k of an epoch therefore sees
+exactly the batches an uninterrupted run would have, without saving any loader state in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import torch
+
+from reslab.data.transforms import crop_flip, crop_flip_params, prepare_batch
+from reslab.errors import ReslabError
+
+
+def _seed(*words: int | str) -> int:
+    """A 64-bit seed that depends on every word (and their order): seeds of nearby (epoch, step) are unrelated."""
+    digest = hashlib.sha256(":".join(map(str, words)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # torch seeds are < 2**63 for every generator kind
+
+
+def split_train_val(
+    images: torch.Tensor, labels: torch.Tensor, val_size: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hold `val_size` random items out of a training set: (train_x, train_y, val_x, val_y), fixed by `seed`.
+
+    The validation set is for choosing hyperparameters; the test set only reports. Both parts keep the original order.
+    """
+    n = len(images)
+    if not 0 <= val_size < n:
+        raise ReslabError(
+            f"--val-size: expected 0 to {n - 1:,} images (the training set has {n:,}), found {val_size:,}"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed("val-split", seed)))
+    val_idx, train_idx = perm[:val_size].sort().values, perm[val_size:].sort().values
+    return images[train_idx], labels[train_idx], images[val_idx], labels[val_idx]
+
+
+class BatchLoader:
+    """Batches of (x float32 (B, 1, H, W) normalised, on `device`; y int64 (B,)) from uint8 images (N, H, W).
+
+    train=True: each epoch shuffles with (seed, epoch); rank r of `world_size` takes the r-th of `world_size` equal
+    shares of the shuffled set (the remainder, < world_size items, is dropped) and the last partial batch is dropped,
+    so every rank runs the same number of full steps. A share smaller than one batch becomes a single batch.
+    Augmentation: random crop with `crop_padding` zero padding and random horizontal flips, on the uint8 images
+    before `resize`.
+
+    train=False: no shuffle, no augmentation, nothing dropped: rank r gets the r-th contiguous shard, and the shards
+    partition the set exactly, so correct/total summed over ranks equals a single-process evaluation. Ranks may
+    then run different numbers of steps (by at most one).
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        batch_size: int,
+        train: bool,
+        seed: int = 0,
+        crop_padding: int = 0,
+        hflip: bool = False,
+        resize: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | torch.device = "cpu",
+        channels_last: bool = False,
+    ):
+        if images.dtype != torch.uint8 or images.dim() != 3:
+            raise ValueError(f"images must be uint8 (N, H, W), got {images.dtype} {tuple(images.shape)}")
+        if labels.shape != images.shape[:1]:
+            raise ValueError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
+        if batch_size < 1 or crop_padding < 0 or not 0 <= rank < world_size:
+            raise ValueError(f"bad loader arguments: {batch_size=}, {crop_padding=}, {rank=}, {world_size=}")
+        self.device = torch.device(device)
+        # the whole set lives on the device once (47 MB for Fashion-MNIST); batches are gathered there
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device, torch.int64)
+        self.train, self.seed, self.rank, self.world_size = train, seed, rank, world_size
+        self.crop_padding, self.hflip, self.resize, self.channels_last = crop_padding, hflip, resize, channels_last
+        self.epoch = 0
+        n = len(images)
+        if train:
+            self.num_samples = n // world_size
+            self.batch_size = min(batch_size, self.num_samples) or batch_size
+            self._steps = self.num_samples // self.batch_size
+            self._start = rank * self.num_samples
+        else:
+            self._start, end = rank * n // world_size, (rank + 1) * n // world_size
+            self.num_samples = end - self._start
+            self.batch_size = batch_size
+            self._steps = -(-self.num_samples // batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order and augmentation the next iteration follows (training only matters)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        """Steps per epoch for this rank."""
+        return self._steps
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(C, H, W) of the batches this loader yields."""
+        h, w = self.images.shape[1:]
+        return (1, h, w) if self.resize is None else (1, self.resize, self.resize)
+
+    def _indices(self) -> torch.Tensor:
+        """This rank's items for the current epoch, in order, on the device."""
+        n = len(self.images)
+        if not self.train:
+            return torch.arange(self._start, self._start + self.num_samples, device=self.device)
+        g = torch.Generator().manual_seed(_seed("order", self.seed, self.epoch))
+        perm = torch.randperm(n, generator=g)
+        return perm[self._start : self._start + self.num_samples].to(self.device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The current epoch's batches from `step` on: the same tensors as the tail of a full iteration."""
+        if not 0 <= step <= len(self):
+            raise ValueError(f"step must be in [0, {len(self)}], got {step}")
+        indices = self._indices()
+        augment = self.train and (self.crop_padding > 0 or self.hflip)
+        for s in range(step, len(self)):
+            idx = indices[s * self.batch_size : (s + 1) * self.batch_size]
+            x, y = self.images[idx], self.labels[idx]  # (B, H, W) uint8, (B,)
+            if augment:
+                g = torch.Generator().manual_seed(_seed("augment", self.seed, self.epoch, s, self.rank))
+                top, left, flip = crop_flip_params(len(idx), padding=self.crop_padding, hflip=self.hflip, generator=g)
+                x = crop_flip(x, top, left, flip, padding=self.crop_padding)
+            yield prepare_batch(x, resize_to=self.resize, channels_last=self.channels_last), y
