@@ -105,3 +105,116 @@ def test_unreadable_files_raise_reslab_error_naming_the_file(tmp_path, content, 
         path.write_bytes(content)
     with pytest.raises(ReslabError, match=f"cannot read '.*x.png': {reason}"):
         load_image(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# predicting with a checkpoint (an untrained resnet20: these check shapes, formats and exit codes, not accuracy)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return _make_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+def _make_checkpoint(path, *, resize=None):
+    import torch
+
+    from reslab import __version__
+    from reslab.checkpoint import save_checkpoint
+    from reslab.config import TrainConfig
+    from reslab.data import CLASSES
+    from reslab.models import build_model
+
+    torch.manual_seed(0)
+    kwargs = {"in_chans": 1, "num_classes": 10}
+    model = build_model("resnet20", **kwargs).eval()
+    size = resize or 28
+    state = {
+        "format_version": 1,
+        "reslab_version": __version__,
+        "config": TrainConfig(model="resnet20", resize=resize).to_dict(),
+        "model_name": "resnet20",
+        "model_kwargs": kwargs,
+        "input_size": [1, size, size],
+        "classes": list(CLASSES),
+        "model": model.state_dict(),
+        "optimizer": None,
+        "scheduler": None,
+        "scaler": None,
+        "epoch": 1,
+        "step": 1,
+        "step_in_epoch": 0,
+        "rng": {"torch": torch.get_rng_state(), "cuda": None},
+        "history": [],
+        "best_val_acc": 0.0,
+    }
+    return save_checkpoint(state, path)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    d = tmp_path_factory.mktemp("images")
+    rgba = np.zeros((40, 30, 4), np.uint8)
+    rgba[..., :3], rgba[8:32, 5:25, 3] = 230, 255
+    Image.fromarray(rgba, "RGBA").save(d / "rgba.png")
+    Image.fromarray(_object_on(0, 1)).convert("P").save(d / "palette.png", transparency=0)
+    Image.fromarray(_object_on(255, 30, size=(6000, 4000))).convert("RGB").save(d / "large.jpg", quality=85)
+    (d / "notes.png").write_text("not an image")
+    return {p.stem: p for p in d.iterdir()}
+
+
+def test_predict_rgba_palette_and_large_images(checkpoint, images):
+    from reslab.data import CLASSES
+    from reslab.predict import predict
+
+    paths = [images["rgba"], images["palette"], images["large"]]
+    out = predict(checkpoint, paths, topk=3)
+    assert len(out) == 3
+    for pairs in out:
+        assert len(pairs) == 3 and all(c in CLASSES for c, _ in pairs)
+        probs = [p for _, p in pairs]
+        assert probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs)
+    full = predict(checkpoint, paths, topk=100)  # more than there are classes: all 10
+    assert all(len(pairs) == 10 and abs(sum(p for _, p in pairs) - 1) < 1e-4 for pairs in full)
+
+
+def test_predict_accepts_a_loaded_model_and_pil_images(checkpoint, images):
+    from reslab.checkpoint import load_checkpoint
+    from reslab.predict import predict
+
+    model = load_checkpoint(checkpoint)
+    with Image.open(images["rgba"]) as im:
+        out = predict(model, [im, images["rgba"]], topk=2)
+    assert [c for c, _ in out[0]] == [c for c, _ in out[1]]
+    assert [p for _, p in out[0]] == pytest.approx([p for _, p in out[1]])
+
+
+def test_predict_with_a_resized_model(tmp_path, images):
+    from reslab.predict import predict
+
+    ckpt = _make_checkpoint(tmp_path / "r32.pt", resize=32)
+    assert len(predict(ckpt, [images["large"]], topk=1)[0]) == 1
+
+
+def test_predict_files_reports_the_unreadable_file_and_predicts_the_others(checkpoint, images, capsys):
+    from reslab.predict import predict_files
+
+    paths = [images["rgba"], images["notes"], images["palette"]]
+    failures = predict_files(checkpoint, paths, topk=2, device="cpu")
+    out, err = capsys.readouterr()
+    assert [f for f, _ in failures] == [str(images["notes"])]
+    assert f"reslab predict: cannot read '{images['notes']}': not an image" in err
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and str(images["rgba"]) in lines[0] and str(images["palette"]) in lines[1]
+    assert all(line.count("%") == 2 for line in lines)
+
+
+def test_cli_exit_codes(checkpoint, images, capsys):
+    from reslab.cli import main
+
+    assert main(["predict", str(checkpoint), str(images["rgba"]), "--device", "cpu"]) == 0
+    assert main(["predict", str(checkpoint), str(images["rgba"]), str(images["notes"]), "--device", "cpu"]) == 1
+    assert main(["predict", str(images["notes"]), str(images["rgba"])]) == 2  # not a checkpoint: nothing to do
+    assert main(["predict", str(checkpoint), str(images["rgba"]), "-k", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "--topk" in err

@@ -126,14 +126,10 @@ def _background_level(a) -> int:
 # the model
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
+def _resolve_device(device: str | torch.device) -> torch.device:
+    from reslab.distributed import pick_device  # one place decides what "auto" means, and errors for missing GPUs
+
+    return device if isinstance(device, torch.device) else pick_device(device)
 
 
 def _load(model_or_checkpoint: nn.Module | str | Path, device: torch.device) -> tuple[nn.Module, list[str], dict]:
@@ -143,7 +139,7 @@ def _load(model_or_checkpoint: nn.Module | str | Path, device: torch.device) -> 
     if isinstance(model_or_checkpoint, nn.Module):
         model = model_or_checkpoint
     else:
-        model = load_checkpoint(model_or_checkpoint, device=str(device))
+        model = load_checkpoint(model_or_checkpoint, device=device)
     config = getattr(model, "reslab_config", None) or {}
     if hasattr(config, "to_dict"):
         config = config.to_dict()
@@ -229,4 +225,6 @@ def predict_files(
         width = max(len(name) for name, _ in loaded)
         for (name, _), pairs in zip(loaded, results, strict=True):
             print(f"{name:<{width}}  " + "  ".join(f"{c} {100 * q:5.1f}%" for c, q in pairs))
+    if failures:
+        print(f"reslab predict: {len(failures)} of {len(paths)} images could not be read", file=sys.stderr)
     return failures
