@@ -1,0 +1,521 @@
+"""The paper's comparisons, rerun on Fashion-MNIST: `reslab experiment degradation|shortcuts`.
+
+Why does a deeper plain network train worse than a shallower one, when it could copy the shallower one and make the
+extra layers identities? He et al. (2016) answer with an experiment (CIFAR-10, Figure 6): plain-56 has a higher
+*training* error than plain-20, so the problem is optimisation, not overfitting, while ResNet-56 trains better than
+ResNet-20. `degradation` reruns it: plain-N and resnet-N of the CIFAR family (same widths, same recipe, same seed;
+only the shortcuts differ). `shortcuts` compares the paper's shortcut options A, B and C at one depth (Table 3).
+
+Both are one call of `compare`, the harness: it trains a list of models with one recipe and writes a figure in the
+paper's style, a table of final errors and the raw numbers.
+
+    from reslab.experiments import Run, compare, degradation_config
+    runs = [Run("ResNet-20", "resnet20"), Run("ResNet-32", "resnet32")]
+    compare(runs, base_config=degradation_config(epochs=2), output="runs/experiments/depth")
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reslab.config import TrainConfig
+from reslab.errors import ReslabError
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the harness
+
+
+@dataclass(frozen=True)
+class Run:
+    """One network of a comparison: a label for the figure, a registry name and build_model overrides.
+
+    Runs with the same `panel` share a panel of the figure; within a panel each run has its own colour, and the
+    n-th run of every panel the same colour (plain-20 and ResNet-20 alike).
+    """
+
+    label: str
+    model: str
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    panel: str = ""
+
+
+@dataclass
+class RunResult:
+    run: Run
+    history: list[dict[str, Any]]  # per epoch: epoch, train_error, test_error, train_loss, time_s, images_per_s
+    params: int
+    run_dir: str
+
+    @property
+    def final_train_error(self) -> float:
+        return self.history[-1]["train_error"]
+
+    @property
+    def final_test_error(self) -> float:
+        return self.history[-1]["test_error"]
+
+    @property
+    def time_s(self) -> float:
+        return sum(row.get("time_s") or 0.0 for row in self.history)
+
+
+def _error_rows(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """fit's history rows -> error rows. Training error is 1 - the running accuracy over the epoch's batches, as in
+    the paper's curves (the network changes during the epoch); test error is measured after the epoch."""
+    rows = []
+    for h in history:
+        test_acc = h.get("test_acc")
+        rows.append(
+            {
+                "epoch": h["epoch"],
+                "train_error": 1.0 - h["train_acc"],
+                "test_error": None if test_acc is None else 1.0 - test_acc,
+                "train_loss": h.get("train_loss"),
+                "time_s": h.get("time_s"),
+                "images_per_s": h.get("images_per_s"),
+            }
+        )
+    return rows
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label.lower()).strip("_")
+
+
+def compare(
+    runs: Sequence[Run | tuple],
+    *,
+    base_config: TrainConfig,
+    output: str | Path,
+    data: Any = None,
+    title: str = "",
+) -> list[RunResult]:
+    """Train every run with `base_config` (only the model differs) and write the comparison into `output`:
+
+    figure.png (training error dashed, test error solid, one panel per `Run.panel`), table.md (final errors),
+    results.csv (one row per run and epoch) and results.json (the config, the machine and every number).
+    `runs` are `Run`s or tuples (label, model, model_kwargs[, panel]). `data` is a loaded Dataset to share.
+    """
+    import torch
+
+    runs = [r if isinstance(r, Run) else Run(*r) for r in runs]
+    if not runs:
+        raise ReslabError("compare: expected at least one run, got none")
+    if len({r.label for r in runs}) != len(runs):
+        raise ReslabError(f"compare: run labels must be unique, got {[r.label for r in runs]}")
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+
+    threads = torch.get_num_threads()  # fit sets config.threads for the whole process; put it back afterwards
+    try:
+        results = _train_all(runs, base_config, output, data)
+    finally:
+        torch.set_num_threads(threads)
+    write_results(results, output, config=base_config, title=title)
+    return results
+
+
+def _train_all(runs: list[Run], base_config: TrainConfig, output: Path, data: Any) -> list[RunResult]:
+    from reslab.train import fit
+
+    results = []
+    for i, run in enumerate(runs):
+        print(f"[{i + 1}/{len(runs)}] {run.label}: {run.model} {run.model_kwargs or ''}".rstrip(), flush=True)
+        config = dataclasses.replace(
+            base_config,
+            model=run.model,
+            model_kwargs={**base_config.model_kwargs, **run.model_kwargs},
+            output=str(output / "runs"),
+            name=_slug(run.label),
+        )
+        config = dataclasses.replace(config, resume=_resume_or_replace(Path(config.output) / config.name, config))
+        t0 = time.perf_counter()
+        fit_result = fit(config, data=data)
+        if not fit_result.completed:
+            raise ReslabError(
+                f"experiment: the run {run.label!r} stopped early; its run folder is {fit_result.run_dir}"
+            )
+        params = sum(p.numel() for p in fit_result.model.parameters())
+        results.append(RunResult(run, _error_rows(fit_result.history), params, str(fit_result.run_dir)))
+        print(
+            f"    {run.label}: training error {100 * results[-1].final_train_error:.2f}%, "
+            f"test error {100 * results[-1].final_test_error:.2f}% ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+    return results
+
+
+# settings that do not change what a run computes
+_INCIDENTAL = {"resume", "progress", "output", "name", "data_dir", "device", "threads"}
+
+
+def _resume_or_replace(run_dir: Path, config: TrainConfig) -> str | None:
+    """--resume for a run of the experiment: "auto" reuses (or continues, if interrupted) the run already in
+    `run_dir` when it was made with the same settings; otherwise the folder, which belongs to the experiment, is
+    cleared and the run starts from scratch (None)."""
+    import shutil
+
+    from reslab.checkpoint import read_checkpoint
+
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        return None
+    try:
+        saved = read_checkpoint(last)["config"]
+    except ReslabError:
+        saved = None
+    now = config.to_dict()
+    if saved is not None and all(saved.get(k) == v for k, v in now.items() if k not in _INCIDENTAL):
+        print(f"    reusing the run in {run_dir} (same settings; an interrupted one continues)", flush=True)
+        return "auto"
+    print(f"    replacing the run in {run_dir}: it was made with other settings", flush=True)
+    shutil.rmtree(run_dir)
+    return None
+
+
+def write_results(results: Sequence[RunResult], output: str | Path, *, config: TrainConfig, title: str = "") -> None:
+    """figure.png, table.md, results.csv and results.json of a finished comparison."""
+    import torch
+
+    output = Path(output)
+    plot_comparison(results, output / "figure.png", title=title)
+    (output / "table.md").write_text(format_table(results) + "\n")
+    with open(output / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "model", "panel", "epoch", "train_error", "test_error", "train_loss", "time_s"])
+        for r in results:
+            for h in r.history:
+                w.writerow(
+                    [r.run.label, r.run.model, r.run.panel, h["epoch"]]
+                    + [_round(h[k]) for k in ("train_error", "test_error", "train_loss", "time_s")]
+                )
+    machine = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    doc = {
+        "title": title,
+        "config": {k: v for k, v in config.to_dict().items() if k not in ("model", "model_kwargs", "name")},
+        "machine": machine,
+        "runs": [
+            {
+                "label": r.run.label,
+                "model": r.run.model,
+                "model_kwargs": r.run.model_kwargs,
+                "panel": r.run.panel,
+                "params": r.params,
+                "run_dir": r.run_dir,
+                "final_train_error": r.final_train_error,
+                "final_test_error": r.final_test_error,
+                "time_s": r.time_s,
+                "history": r.history,
+            }
+            for r in results
+        ],
+    }
+    (output / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def _round(v: Any) -> Any:
+    return round(v, 6) if isinstance(v, float) else v
+
+
+def format_table(results: Sequence[RunResult]) -> str:
+    """A Markdown table of the final errors, one row per run."""
+    lines = [
+        "| network | params | epochs | training error | test error | time |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        test = "-" if r.final_test_error is None else f"{100 * r.final_test_error:.2f}%"
+        lines.append(
+            f"| {r.run.label} | {r.params / 1e6:.2f}M | {r.history[-1]['epoch']} | "
+            f"{100 * r.final_train_error:.2f}% | {test} | {r.time_s / 60:.1f} min |"
+        )
+    return "\n".join(lines)
+
+
+def plot_comparison(results: Sequence[RunResult], path: str | Path, *, title: str = "") -> Path:
+    """The paper's Figure 6 style: one panel per group, training error dashed, test error solid, error in %."""
+    from reslab.plots import _pyplot
+
+    plt = _pyplot()
+    panels: dict[str, list[RunResult]] = {}
+    for r in results:
+        panels.setdefault(r.run.panel, []).append(r)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True, layout="constrained", squeeze=False
+    )
+    for ax, (panel, group) in zip(axes[0], panels.items(), strict=True):
+        for i, r in enumerate(group):
+            epochs = [h["epoch"] for h in r.history]
+            color = f"C{i}"
+            # small markers: with a few epochs (or one, in --quick) the points are the data
+            train = [100 * h["train_error"] for h in r.history]
+            ax.plot(epochs, train, "--", color=color, linewidth=1.2, marker=".", markersize=5)
+            test = [
+                (e, 100 * h["test_error"])
+                for e, h in zip(epochs, r.history, strict=True)
+                if h["test_error"] is not None
+            ]
+            xs, ys = [e for e, _ in test], [v for _, v in test]
+            ax.plot(xs, ys, "-", color=color, linewidth=2.2, marker="o", markersize=4, label=r.run.label)
+        ax.set_title(panel)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        # the line styles once, then the networks
+        handles, labels = ax.get_legend_handles_labels()
+        style = [
+            plt.Line2D([], [], color="gray", linestyle="--", linewidth=1.2),
+            plt.Line2D([], [], color="gray", linestyle="-", linewidth=2.2),
+        ]
+        ax.legend(handles + style, labels + ["training error", "test error"], loc="upper right")
+    axes[0][0].set_ylabel("error (%)")
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# verdicts: pure functions of the final numbers
+
+
+@dataclass(frozen=True)
+class Verdict:
+    plain_degrades: bool  # the deepest plain network has a higher training error than the shallowest
+    residual_improves: bool  # the deepest residual network's training error is no higher than the shallowest's
+    text: str
+
+
+def degradation_verdict(plain: dict[int, float], residual: dict[int, float]) -> Verdict:
+    """Compare the final training errors (fractions) of the shallowest and deepest network of each family.
+
+    `plain` and `residual` map depth -> final training error. The paper's finding (CIFAR-10, Figure 6) is both:
+    the deeper plain network trains worse, the deeper residual network at least as well.
+    """
+    if len(plain) < 2 or len(residual) < 2:
+        raise ValueError("degradation_verdict needs at least two depths of each family")
+    lo, hi = min(plain), max(plain)
+    plain_gap = plain[hi] - plain[lo]
+    rlo, rhi = min(residual), max(residual)
+    res_gap = residual[rhi] - residual[rlo]
+    plain_degrades = plain_gap > 0
+    residual_improves = res_gap <= 0
+
+    def pts(gap: float) -> str:
+        return f"{abs(100 * gap):.2f} points {'higher' if gap > 0 else 'lower' if gap < 0 else 'equal'}"
+
+    lines = [
+        f"plain-{hi} vs plain-{lo}: training error {100 * plain[hi]:.2f}% vs {100 * plain[lo]:.2f}% "
+        f"({pts(plain_gap)}) -> "
+        + ("the deeper plain network trained worse: degradation." if plain_degrades else "no degradation here."),
+        f"ResNet-{rhi} vs ResNet-{rlo}: training error {100 * residual[rhi]:.2f}% vs {100 * residual[rlo]:.2f}% "
+        f"({pts(res_gap)}) -> "
+        + (
+            "the deeper residual network trained at least as well."
+            if residual_improves
+            else "the deeper residual network trained worse."
+        ),
+    ]
+    if plain_degrades and residual_improves:
+        lines.append("Verdict: as in the paper, depth hurts the plain networks and not the residual ones.")
+    elif plain_degrades:
+        lines.append("Verdict: the plain networks degrade, but the residual ones did not gain from depth in this run.")
+    elif residual_improves:
+        lines.append("Verdict: no degradation of the plain networks in this run (try more epochs or depths).")
+    else:
+        lines.append("Verdict: neither family gained from depth in this run (try more epochs).")
+    return Verdict(plain_degrades, residual_improves, "\n".join(lines))
+
+
+def shortcuts_verdict(final: dict[str, tuple[float, float]]) -> str:
+    """`final`: option ("A", "B", "C") -> (training error, test error). The paper (ImageNet, Table 3) finds
+    B slightly better than A and C marginally better than B: small differences, so projections are not essential."""
+    if not final:
+        raise ValueError("shortcuts_verdict needs at least one option")
+    by_train = sorted(final, key=lambda k: final[k][0])
+    by_test = sorted(final, key=lambda k: final[k][1])
+    spread = max(v[1] for v in final.values()) - min(v[1] for v in final.values())
+    lines = [
+        "training error: " + " < ".join(f"{k} {100 * final[k][0]:.2f}%" for k in by_train),
+        "test error:     " + " < ".join(f"{k} {100 * final[k][1]:.2f}%" for k in by_test),
+        f"Test errors span {100 * spread:.2f} points. "
+        + (
+            "As in the paper (A > B > C in error), projections help a little."
+            if by_test == sorted(final, reverse=True)
+            else "The paper's order (C best, then B, then A) does not show here; its differences were small too."
+        ),
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the two experiments and their CLI
+
+
+def degradation_config(**overrides: Any) -> TrainConfig:
+    """The recipe both experiments train with: the paper's CIFAR one, shortened (see the README, Experiments).
+
+    SGD with momentum 0.9 at lr 0.1 for 128 images, weight decay 1e-4 and no augmentation: the question is how well
+    each network *optimises*, so nothing should hold the training error up. The whole training set (no validation
+    split): the test set only reports, nothing is chosen on it.
+    """
+    values = dict(
+        epochs=DEFAULT_EPOCHS,
+        batch_size=128,
+        lr=0.1,
+        opt="sgd",
+        momentum=0.9,
+        weight_decay=1e-4,
+        sched="step",
+        warmup_epochs=0.0,
+        label_smoothing=0.0,
+        crop_padding=0,
+        hflip=False,
+        val_size=0,
+        amp="auto",
+        channels_last=True,
+        progress=True,
+    )
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**values)
+
+
+DEFAULT_EPOCHS = 4
+DEFAULT_DEPTHS = {"degradation": (20, 56), "shortcuts": (20,)}
+# 4 steps per network. One thread: batches this small gain little from a second one, and on a busy machine (CI
+# beside other jobs) OpenMP's spin-waiting made 2 threads 20x slower than 1 (measured: 4.4 vs 0.34 s per step)
+QUICK = dict(train_subset=256, test_size=256, epochs=1, batch_size=64, threads=1)
+
+
+def _parse_depths(text: str | None, which: str) -> tuple[int, ...]:
+    if text is None:
+        return DEFAULT_DEPTHS[which]
+    try:
+        depths = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
+    except ValueError:
+        raise ReslabError(f"--depths: expected comma-separated numbers of layers like 20,56, got {text!r}") from None
+    from reslab.models import list_models
+
+    names = set(list_models())
+    bad = [d for d in depths if f"resnet{d}" not in names or f"plain{d}" not in names]
+    if bad or not depths:
+        known = sorted(int(n[5:]) for n in names if n.startswith("plain") and n[5:].isdigit())
+        raise ReslabError(
+            f"--depths: expected depths with both a plain and a resnet model ({', '.join(map(str, known))}), "
+            f"got {text!r}"
+        )
+    if which == "degradation" and len(depths) < 2:
+        raise ReslabError(f"--depths: the degradation experiment compares at least two depths, got {text!r}")
+    if which == "shortcuts" and len(depths) != 1:
+        raise ReslabError(f"--depths: the shortcuts experiment compares options at one depth, got {text!r}")
+    return depths
+
+
+def degradation_runs(depths: Sequence[int]) -> list[Run]:
+    plain = [Run(f"plain-{d}", f"plain{d}", {}, "plain networks") for d in depths]
+    residual = [Run(f"ResNet-{d}", f"resnet{d}", {}, "residual networks (ResNet)") for d in depths]
+    return plain + residual
+
+
+def shortcut_runs(depth: int) -> list[Run]:
+    # A: zero-padded identity (no parameters); B: projections only where the shape changes; C: all projections
+    return [Run(f"ResNet-{depth} {o}", f"resnet{depth}", {"shortcut": o}, f"ResNet-{depth} shortcuts") for o in "ABC"]
+
+
+def run_experiment(
+    which: str,
+    *,
+    depths: Sequence[int] | None = None,
+    epochs: int | None = None,
+    output: str | Path | None = None,
+    data_dir: str | None = None,
+    seed: int = 0,
+    quick: bool = False,
+    dataset: str | None = None,
+) -> tuple[list[RunResult], str]:
+    """Run 'degradation' or 'shortcuts', write its outputs, print and return (results, verdict text)."""
+    from reslab.data import find_data_dir, load_dataset
+
+    if which not in DEFAULT_DEPTHS:
+        raise ReslabError(f"experiment: expected one of {', '.join(DEFAULT_DEPTHS)}, got {which!r}")
+    depths = tuple(depths or DEFAULT_DEPTHS[which])
+    output = Path(output or Path("runs") / "experiments" / which)
+
+    overrides: dict[str, Any] = {"epochs": epochs, "seed": seed, "data_dir": data_dir}
+    if dataset is None:
+        dataset = "fashion-mnist"
+        if quick and data_dir is None and find_data_dir() is None:
+            # --quick checks the pipeline, not the finding: it must run where the data is not installed (CI)
+            print("experiment --quick: Fashion-MNIST not found, using the synthetic stand-in")
+            dataset = "synthetic"
+    data = load_dataset(dataset, data_dir)
+    if quick:
+        overrides.update(train_subset=QUICK["train_subset"], batch_size=QUICK["batch_size"], threads=QUICK["threads"])
+        overrides["epochs"] = epochs or QUICK["epochs"]
+        data = dataclasses.replace(
+            data, test_images=data.test_images[: QUICK["test_size"]], test_labels=data.test_labels[: QUICK["test_size"]]
+        )
+    config = degradation_config(dataset=dataset, **overrides)
+
+    if which == "degradation":
+        runs = degradation_runs(depths)
+        title = f"Degradation on Fashion-MNIST: plain vs residual, {config.epochs} epochs"
+    else:
+        runs = shortcut_runs(depths[0])
+        title = f"Shortcut options A, B, C on Fashion-MNIST, ResNet-{depths[0]}, {config.epochs} epochs"
+    if quick:
+        title += " (--quick: a pipeline check, not the finding)"
+
+    t0 = time.perf_counter()
+    results = compare(runs, base_config=config, output=output, data=data, title=title)
+    elapsed = time.perf_counter() - t0
+
+    if which == "degradation":
+        plain = {int(r.run.model[5:]): r.final_train_error for r in results if r.run.model.startswith("plain")}
+        residual = {int(r.run.model[6:]): r.final_train_error for r in results if r.run.model.startswith("resnet")}
+        verdict = degradation_verdict(plain, residual).text
+    else:
+        verdict = shortcuts_verdict(
+            {r.run.model_kwargs["shortcut"]: (r.final_train_error, r.final_test_error) for r in results}
+        )
+    if quick:
+        verdict += "\n(--quick: too little training for the verdict to mean anything)"
+    (output / "verdict.txt").write_text(verdict + "\n")
+    print()
+    print(format_table(results))
+    print()
+    print(verdict)
+    print(f"\n{len(results)} networks in {elapsed / 60:.1f} min; figure, table and numbers in {output}/")
+    return results, verdict
+
+
+def run_experiment_cli(args: Any) -> int:
+    """`reslab experiment WHICH [--depths ...] [--epochs N] [--output DIR] [--quick]`."""
+    if args.epochs is not None and args.epochs < 1:
+        raise ReslabError(f"--epochs: expected a positive number of epochs, got {args.epochs}")
+    depths = _parse_depths(args.depths, args.which)
+    run_experiment(
+        args.which,
+        depths=depths,
+        epochs=args.epochs,
+        output=args.output,
+        data_dir=args.data_dir,
+        seed=args.seed,
+        quick=args.quick,
+    )
+    return 0
