@@ -40,6 +40,7 @@ def _add_summary(sub):
     )
     p.add_argument("--depth", type=int, default=2, help="how deep into the module tree to list layers (default 2)")
     p.add_argument("--num-classes", type=int, default=None, help="override the model's number of classes")
+    p.add_argument("--in-chans", type=int, default=None, help="override the model's input channels (e.g. 1)")
     p.add_argument(
         "--stages",
         action="store_true",
@@ -56,7 +57,7 @@ def _cmd_summary(args) -> int:
         return 0
     if not args.name:
         raise ReslabError("summary needs a model NAME (see `reslab models`) or --stages")
-    overrides = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    overrides = {k: v for k, v in [("num_classes", args.num_classes), ("in_chans", args.in_chans)] if v is not None}
     input_size = None if args.input is None else parse_input_size(args.input)
     print(format_summary(args.name, input_size=input_size, depth=args.depth, **overrides))
     return 0

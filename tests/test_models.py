@@ -1,0 +1,467 @@
+"""The ResNet family: exact parameter counts, the seeds' shapes, torchvision's names, every variant doing its job."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reslab.errors import ReslabError
+from reslab.models import (
+    BasicBlock,
+    Bottleneck,
+    D2LResNet,
+    PreActBasicBlock,
+    PreActBottleneck,
+    Residual,
+    ResNet,
+    ShortcutA,
+    build_model,
+    list_models,
+    model_entry,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # small models on a shared CPU: more threads only add contention
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+PREACT = (PreActBasicBlock, PreActBottleneck)
+
+
+def meta(name, **overrides):
+    """A model without memory or init cost: enough for counts, names and shapes."""
+    with torch.device("meta"):
+        return build_model(name, **overrides)
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def shortcuts(model):
+    return [m.downsample for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck)) and m.downsample]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# parameter counts
+
+TORCHVISION_COUNTS = {  # torchvision's published counts, 3 channels, 1000 classes
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+    "resnext50_32x4d": 25_028_904,
+    "resnext101_32x8d": 88_791_336,
+    "resnext101_64x4d": 83_455_272,
+    "wide_resnet50_2": 68_883_240,
+    "wide_resnet101_2": 126_886_696,
+}
+CIFAR_COUNTS = {  # He et al. 2015, sec. 4.2, option A, 3 channels, 10 classes
+    "resnet20": 269_722,
+    "resnet32": 464_154,
+    "resnet44": 658_586,
+    "resnet56": 853_018,
+    "resnet110": 1_727_962,
+    "resnet1202": 19_421_274,
+}
+
+
+@pytest.mark.parametrize(("name", "count"), [*TORCHVISION_COUNTS.items(), *CIFAR_COUNTS.items()])
+def test_parameter_counts_are_exact(name, count):
+    assert n_params(meta(name)) == count
+
+
+def test_other_counts_match_their_sources():
+    assert n_params(meta("resnet50d")) == 25_576_264  # timm
+    assert n_params(meta("wrn28_10")) == 36_479_194  # Zagoruyko & Komodakis' code
+    # option A has no parameters, so a plain net has exactly its residual twin's
+    for depth in (20, 32, 44, 56, 110):
+        assert n_params(meta(f"plain{depth}")) == CIFAR_COUNTS[f"resnet{depth}"]
+    # plain-18 is resnet18 less its three projection shortcuts (conv 1x1 + BN each)
+    projections = sum(c * 2 * c + 2 * 2 * c for c in (64, 128, 256))
+    assert n_params(meta("plain18")) == TORCHVISION_COUNTS["resnet18"] - projections
+
+
+def test_registry_has_the_required_names_and_defaults():
+    names = list_models()
+    required = [*TORCHVISION_COUNTS, *CIFAR_COUNTS, "d2l_resnet18", "plain18", "plain34"]
+    required += [f"plain{d}" for d in (20, 32, 44, 56, 110)] + ["preact_resnet18", "preact_resnet110"]
+    assert set(required) <= set(names)
+    assert len(names) == len(set(names))
+    assert list_models("plain") == [n for n in names if "plain" in n]
+    e = model_entry("d2l_resnet18")
+    assert (e.default_input_size, e.default_num_classes, e.default_in_chans) == ((1, 96, 96), 10, 1)
+    assert (model_entry("resnet20").default_input_size, model_entry("resnet20").default_num_classes) == (
+        (3, 32, 32),
+        10,
+    )
+    assert (model_entry("resnet50").default_input_size, model_entry("resnet50").default_num_classes) == (
+        (3, 224, 224),
+        1000,
+    )
+    assert all(model_entry(n).description for n in names)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the seeds
+
+
+def test_residual_keeps_the_seeds_shapes():
+    x = torch.rand(4, 3, 6, 6)
+    assert Residual(3, 3)(x).shape == (4, 3, 6, 6)
+    assert Residual(3, 6, use_1x1conv=True, stride=2)(x).shape == (4, 6, 3, 3)
+
+
+def test_residual_is_the_seeds_block():
+    torch.manual_seed(0)
+    blk = Residual(3, 6, use_1x1conv=True, stride=2)
+    assert [k for k in blk.state_dict() if k.endswith(("weight", "bias"))] == [
+        "conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "conv3.weight", "conv3.bias",
+        "bn1.weight", "bn1.bias", "bn2.weight", "bn2.bias",
+    ]  # fmt: skip
+    assert blk.conv1.kernel_size == (3, 3) and blk.conv3.kernel_size == (1, 1)
+    x = torch.rand(4, 3, 6, 6)
+    y = F.relu(blk.bn1(blk.conv1(x)))
+    assert torch.allclose(blk(x), F.relu(blk.bn2(blk.conv2(y)) + blk.conv3(x)))
+    assert Residual(3, 3).conv3 is None
+
+
+def test_d2l_resnet18_gives_the_seeds_stage_shapes_at_224():
+    net = build_model("d2l_resnet18").eval()
+    assert isinstance(net, nn.Sequential) and len(net) == 8
+    assert all(isinstance(b, Residual) for stage in list(net)[1:5] for b in stage)
+    x = torch.rand(1, 1, 224, 224)
+    shapes = []
+    with torch.no_grad():
+        for layer in net:
+            x = layer(x)
+            shapes.append(tuple(x.shape[1:]))
+    assert shapes == [(64, 56, 56), (64, 56, 56), (128, 28, 28), (256, 14, 14), (512, 7, 7), (512, 1, 1), (512,), (10,)]
+
+
+def test_d2l_resnet18_loads_a_state_dict_of_the_seeds_own_network():
+    def resnet_block(input_channels, num_channels, num_residuals, first_block=False):  # the seeds, verbatim
+        blk = []
+        for i in range(num_residuals):
+            if i == 0 and not first_block:
+                blk.append(Residual(input_channels, num_channels, use_1x1conv=True, stride=2))
+            else:
+                blk.append(Residual(num_channels, num_channels))
+        return blk
+
+    b1 = nn.Sequential(
+        nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    )  # fmt: skip
+    b2 = nn.Sequential(*resnet_block(64, 64, 2, first_block=True))
+    b3 = nn.Sequential(*resnet_block(64, 128, 2))
+    b4 = nn.Sequential(*resnet_block(128, 256, 2))
+    b5 = nn.Sequential(*resnet_block(256, 512, 2))
+    seeds = nn.Sequential(b1, b2, b3, b4, b5, nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(512, 10)).eval()
+    ours = build_model("d2l_resnet18").eval()
+    ours.load_state_dict(seeds.state_dict(), strict=True)
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(ours(x), seeds(x))
+        assert torch.equal(ours.forward_head(ours.forward_features(x)), seeds(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# torchvision's names
+
+
+def torchvision_keys(layers, bottleneck):
+    """The state_dict keys torchvision's resnet.py gives, written out from its structure."""
+    bn = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    keys = ["conv1.weight", *[f"bn1.{s}" for s in bn]]
+    convs = 3 if bottleneck else 2
+    for i, n in enumerate(layers, start=1):
+        for j in range(n):
+            p = f"layer{i}.{j}."
+            for c in range(1, convs + 1):
+                keys += [f"{p}conv{c}.weight", *[f"{p}bn{c}.{s}" for s in bn]]
+            if j == 0 and (i > 1 or bottleneck):
+                keys += [f"{p}downsample.0.weight", *[f"{p}downsample.1.{s}" for s in bn]]
+    return [*keys, "fc.weight", "fc.bias"]
+
+
+@pytest.mark.parametrize(
+    ("name", "layers", "bottleneck", "n_keys"),
+    [
+        ("resnet18", [2, 2, 2, 2], False, 122),
+        ("resnet34", [3, 4, 6, 3], False, 218),
+        ("resnet50", [3, 4, 6, 3], True, 320),
+        ("resnet101", [3, 4, 23, 3], True, 626),
+        ("resnet152", [3, 8, 36, 3], True, 932),
+        ("resnext50_32x4d", [3, 4, 6, 3], True, 320),
+        ("wide_resnet50_2", [3, 4, 6, 3], True, 320),
+    ],
+)
+def test_state_dict_keys_are_torchvisions(name, layers, bottleneck, n_keys):
+    keys = list(meta(name).state_dict())
+    assert keys == torchvision_keys(layers, bottleneck)
+    assert len(keys) == n_keys
+
+
+def test_a_torchvision_style_checkpoint_loads_strictly():
+    sd = meta("resnet50").state_dict()
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    assert shapes["conv1.weight"] == (64, 3, 7, 7)
+    assert shapes["layer1.0.downsample.0.weight"] == (256, 64, 1, 1)
+    assert shapes["layer2.0.conv2.weight"] == (128, 128, 3, 3)
+    assert shapes["layer4.2.bn3.running_var"] == (2048,)
+    assert shapes["fc.weight"] == (1000, 2048)
+    assert meta("resnext50_32x4d").state_dict()["layer1.0.conv2.weight"].shape == (128, 4, 3, 3)
+    assert meta("wide_resnet50_2").state_dict()["layer1.0.conv2.weight"].shape == (128, 128, 3, 3)
+    # a checkpoint saved from one copy loads strictly into another (as a torchvision file would)
+    a, b = build_model("resnet18", num_classes=10), build_model("resnet18", num_classes=10)
+    b.load_state_dict(a.state_dict(), strict=True)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(a.eval()(x), b.eval()(x))
+
+
+def test_resnet_keeps_torchvisions_attributes_and_timms_methods():
+    m = build_model("resnet18", num_classes=7).eval()
+    for attr in ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"]:
+        assert hasattr(m, attr)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = m.forward_features(x)
+        assert feats.shape == (2, 512, 2, 2)
+        assert m.forward_head(feats, pre_logits=True).shape == (2, 512)
+        assert torch.equal(m.forward_head(feats), m(x))
+    cifar = meta("resnet20")
+    assert hasattr(cifar, "layer3") and not hasattr(cifar, "layer4") and cifar.num_features == 64
+
+
+def test_kaiming_init_like_torchvision():
+    torch.manual_seed(0)
+    m = build_model("resnet18")
+    w = m.layer4[1].conv2.weight  # kaiming normal, fan_out = 512 * 3 * 3
+    assert w.std().item() == pytest.approx((2 / (512 * 9)) ** 0.5, rel=0.02)
+    assert all(torch.equal(b.weight, torch.ones_like(b.weight)) for b in m.modules() if isinstance(b, nn.BatchNorm2d))
+    assert all(not b.bias.any() for b in m.modules() if isinstance(b, nn.BatchNorm2d))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# every model: forward, backward, pickling, deep copies
+
+
+def small_input(name):
+    c, _, _ = model_entry(name).default_input_size
+    size = 16 if model_entry(name).family == "cifar" else 32  # above each family's floor (3 and 17 pixels)
+    return torch.rand(2, c, size, size)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_runs_forward_and_backward(name):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=5)
+    y = model(small_input(name))
+    assert y.shape == (2, 5) and torch.isfinite(y).all()
+    y.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters that got no gradient: {missing[:5]}"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_pickles_and_deep_copies(name):
+    model = meta(name)
+    keys = {k: v.shape for k, v in model.state_dict().items()}
+    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert type(clone) is type(model)
+        assert {k: v.shape for k, v in clone.state_dict().items()} == keys
+
+
+def test_a_pickled_model_computes_the_same_and_a_copy_is_independent():
+    torch.manual_seed(0)
+    model = build_model("resnet20").eval()  # option A shortcuts: a module, not a lambda
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(pickle.loads(pickle.dumps(model))(x), model(x))
+        twin = copy.deepcopy(model)
+        twin.fc.weight.add_(1)
+        assert not torch.equal(twin(x), model(x))
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet56", "plain20", "plain56", "preact_resnet20", "d2l_resnet18"])
+def test_fashion_mnist_sized_inputs_work_with_one_channel(name):
+    model = build_model(name, in_chans=1, num_classes=10)
+    y = model(torch.rand(2, 1, 28, 28))
+    assert y.shape == (2, 10)
+    y.sum().backward()
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B", "C"])
+def test_cifar_stages_at_28_pixels_are_28_14_7(shortcut):
+    model = meta("resnet20", in_chans=1, shortcut=shortcut)
+    x = torch.zeros(1, 1, 28, 28, device="meta")
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    sizes = []
+    for layer in (model.layer1, model.layer2, model.layer3):
+        x = layer(x)
+        sizes.append(tuple(x.shape[1:]))
+    assert sizes == [(16, 28, 28), (32, 14, 14), (64, 7, 7)]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# variants, each changing what it should
+
+
+def test_stride_placement_moves_the_stride_of_a_bottleneck():
+    v15, v1 = meta("resnet50"), meta("resnet50", stride_placement="v1")
+    assert (v15.layer2[0].conv1.stride, v15.layer2[0].conv2.stride) == ((1, 1), (2, 2))
+    assert (v1.layer2[0].conv1.stride, v1.layer2[0].conv2.stride) == ((2, 2), (1, 1))
+    assert v1.layer2[0].downsample[0].stride == (2, 2)
+    assert n_params(v1) == n_params(v15)
+    torch.manual_seed(0)
+    a, b = build_model("resnet50", num_classes=5).eval(), build_model("resnet50", num_classes=5, stride_placement="v1")
+    b.load_state_dict(a.state_dict())  # same weights, different computation
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert a(x).shape == b.eval()(x).shape and not torch.allclose(a(x), b(x))
+    with pytest.raises(ReslabError, match="stride_placement"):
+        build_model("resnet50", stride_placement="v2")
+
+
+def test_shortcut_a_subsamples_and_pads_zeros_without_parameters():
+    sc = ShortcutA(16, 32, stride=2)
+    x = torch.rand(2, 16, 7, 7)
+    y = sc(x)
+    assert y.shape == (2, 32, 4, 4) and n_params(sc) == 0
+    assert torch.equal(y[:, :16], x[:, :, ::2, ::2]) and not y[:, 16:].any()
+    model = meta("resnet20")
+    assert [type(s) for s in shortcuts(model)] == [ShortcutA, ShortcutA]
+    with pytest.raises(ReslabError, match="only add channels"):
+        ShortcutA(32, 16)
+
+
+def test_shortcut_b_projects_only_where_the_shape_changes_and_c_everywhere():
+    a, b, c = (meta("resnet20", shortcut=s) for s in "ABC")
+    assert len(shortcuts(b)) == 2 and all(isinstance(s[0], nn.Conv2d) for s in shortcuts(b))
+    assert n_params(b) == n_params(a) + (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
+    assert len(shortcuts(c)) == 9  # every block
+    assert n_params(c) > n_params(b)
+    assert len(shortcuts(meta("resnet18"))) == 3 and len(shortcuts(meta("resnet50"))) == 4
+
+
+def test_plain_blocks_have_the_same_layers_and_no_shortcut():
+    res, plain = meta("resnet20"), meta("plain20")
+    assert {k: v.shape for k, v in res.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    assert not shortcuts(plain) and all(not b.residual for b in plain.modules() if isinstance(b, BasicBlock))
+    # with the residual branch at zero, a residual block passes its (non-negative) input on; a plain block outputs 0
+    x = torch.rand(2, 8, 5, 5)
+    for residual, expected in [(True, x), (False, torch.zeros_like(x))]:
+        blk = BasicBlock(8, 8, residual=residual).eval()
+        blk.zero_init_last()
+        with torch.no_grad():
+            assert torch.allclose(blk(x), expected)
+    assert build_model("resnet20", shortcut="none").layer1[0].residual is False
+    with pytest.raises(ReslabError, match="plain"):
+        build_model("plain20", zero_init_residual=True)
+
+
+def test_zero_init_residual_zeroes_the_last_bn_of_every_block():
+    for name, last in [
+        ("resnet18", "bn2"),
+        ("resnet50", "bn3"),
+        ("preact_resnet18", "bn2"),
+        ("preact_resnet50", "bn3"),
+    ]:
+        model = build_model(name, zero_init_residual=True)
+        blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck, *PREACT))]
+        assert blocks and all(not getattr(b, last).weight.any() for b in blocks)
+        assert build_model(name).layer1[0].get_submodule(last).weight.all()
+    d2l = build_model("d2l_resnet18", zero_init_residual=True)
+    assert all(not b.bn2.weight.any() for b in d2l.modules() if isinstance(b, Residual))
+    # a pre-activation block with identity shortcut then is exactly the identity
+    blk = PreActBottleneck(32, 8).eval()
+    blk.zero_init_last()
+    x = torch.randn(2, 32, 5, 5)
+    with torch.no_grad():
+        assert torch.equal(blk(x), x)
+
+
+def test_preactivation_blocks_and_final_bn_relu():
+    m = meta("preact_resnet18")
+    assert isinstance(m.layer1[0], PreActBasicBlock) and hasattr(m, "bn_final")
+    sd = m.state_dict()
+    assert "bn_final.weight" in sd and "layer1.0.bn1.weight" not in sd and "layer1.1.bn1.weight" in sd
+    assert len(m.layer2[0].downsample) == 1  # a bare 1x1 conv: the sum it joins is not normalised
+    assert isinstance(meta("preact_resnet50").layer1[0], PreActBottleneck)
+    assert not hasattr(meta("resnet18"), "bn_final")
+    # BN-ReLU-conv order: the block's first op normalises its input
+    blk = PreActBasicBlock(4, 4).eval()
+    x = torch.randn(1, 4, 6, 6)
+    with torch.no_grad():
+        blk.bn1.bias.fill_(-100.0)  # relu(bn1(x)) == 0, so the residual branch is conv2(relu(bn2(0)))
+        branch = blk.conv2(F.relu(blk.bn2(blk.conv1(torch.zeros_like(x)))))
+        assert torch.allclose(blk(x), x + branch)
+
+
+def test_stems():
+    imagenet, cifar, deep = (meta("resnet18", stem=s) for s in ("imagenet", "cifar", "deep"))
+    assert imagenet.conv1.kernel_size == (7, 7) and imagenet.conv1.stride == (2, 2)
+    assert isinstance(imagenet.maxpool, nn.MaxPool2d)
+    assert cifar.conv1.kernel_size == (3, 3) and cifar.conv1.stride == (1, 1) and isinstance(cifar.maxpool, nn.Identity)
+    convs = [c for c in deep.conv1 if isinstance(c, nn.Conv2d)]
+    assert [c.kernel_size for c in convs] == [(3, 3)] * 3 and [c.out_channels for c in convs] == [32, 32, 64]
+    x = torch.zeros(1, 3, 64, 64, device="meta")
+    assert [m.forward_features(x).shape[-1] for m in (imagenet, cifar, deep)] == [2, 8, 2]
+    with pytest.raises(ReslabError, match="stem"):
+        build_model("resnet18", stem="tiny")
+
+
+def test_resnet_d_average_pool_shortcut_and_timm_names():
+    m = meta("resnet50d")
+    ds = m.layer2[0].downsample
+    assert isinstance(ds[0], nn.AvgPool2d) and ds[1].stride == (1, 1) and isinstance(ds[2], nn.BatchNorm2d)
+    assert isinstance(m.layer1[0].downsample[0], nn.Identity)  # stride 1: nothing to pool
+    sd = m.state_dict()
+    assert {"conv1.0.weight", "conv1.1.weight", "conv1.6.weight", "bn1.weight", "layer2.0.downsample.1.weight"} <= set(
+        sd
+    )
+    assert n_params(meta("resnet50", avg_down=True)) == TORCHVISION_COUNTS["resnet50"]
+    with pytest.raises(ReslabError, match="avg_down"):
+        build_model("resnet20", avg_down=True)  # option A has no projection to pool for
+
+
+def test_groups_width_channels_and_classes():
+    rx = meta("resnext50_32x4d")
+    assert rx.layer1[0].conv2.groups == 32 and rx.layer1[0].conv2.out_channels == 128
+    assert meta("wide_resnet50_2").layer1[0].conv2.out_channels == 128
+    assert meta("resnet50").layer1[0].conv2.out_channels == 64
+    m = meta("resnet50", in_chans=1, num_classes=10)
+    assert m.conv1.in_channels == 1 and m.fc.out_features == 10
+    d = meta("d2l_resnet18", in_chans=3, num_classes=100)
+    assert d[0][0].in_channels == 3 and d[-1].out_features == 100
+    with pytest.raises(ReslabError, match="BasicBlock"):
+        build_model("resnet18", groups=32, width_per_group=4)
+
+
+def test_generic_resnet_is_usable_directly():
+    m = ResNet(Bottleneck, [1, 1], widths=(8, 16), stem="cifar", num_classes=3, in_chans=2)
+    assert m(torch.rand(2, 2, 8, 8)).shape == (2, 3)
+    assert isinstance(D2LResNet(), nn.Sequential)
+
+
+def test_bad_names_and_options_are_clear_errors():
+    with pytest.raises(ReslabError, match=r"unknown model 'resnet51'; did you mean resnet50"):
+        build_model("resnet51")
+    with pytest.raises(ReslabError, match="resnet50"):
+        build_model("resnt50")
+    with pytest.raises(ReslabError, match="d2l_resnet18 does not take 'shortcut'"):
+        build_model("d2l_resnet18", shortcut="B")
+    with pytest.raises(ReslabError, match="shortcut"):
+        build_model("resnet20", shortcut="D")
+    with pytest.raises(ReslabError, match="layers and widths"):
+        ResNet(BasicBlock, [2, 2], widths=(16, 32, 64))
