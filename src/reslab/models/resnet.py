@@ -81,7 +81,7 @@ class ResNet(nn.Module):
         self._norm_layer = norm_layer
         self.inplanes = stem_chans or widths[0]
 
-        # stem: (B, in_chans, H, W) -> (B, widths[0], H/4, W/4) ("imagenet", "deep") or (B, widths[0], H, W)
+        # stem: (B, in_chans, H, W) -> (B, inplanes, H/4, W/4) ("imagenet", "deep") or (B, inplanes, H, W) ("cifar")
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
         elif stem == "cifar":
