@@ -46,11 +46,15 @@ def test_summary_counts_each_layer():
     assert rx["layer1.0.conv2"].macs == 128 * 56 * 56 * (128 // 32) * 9
 
 
-def test_summary_of_a_real_model_matches_the_meta_one_and_keeps_its_mode():
-    model = build_model("resnet20").train()
-    real, fake = summarize(model, (3, 32, 32)), summarize(meta("resnet20"), (3, 32, 32))
+@pytest.mark.parametrize(
+    ("name", "size"), [("resnet20", (3, 32, 32)), ("preact_resnet20", (3, 17, 17)), ("d2l_resnet18", (1, 64, 64))]
+)
+def test_summary_of_a_real_model_matches_the_meta_one_and_keeps_its_mode(name, size):
+    model = build_model(name).train()
+    real, fake = summarize(model, size), summarize(meta(name), size)  # the meta one takes shape-only shortcuts
     assert model.training
     assert real.macs == fake.macs and [r.output_shape for r in real.rows] == [r.output_shape for r in fake.rows]
+    assert real.output_shape == fake.output_shape and real.total_params == fake.total_params
 
 
 def test_d2l_summary_shows_the_seeds_stage_shapes():

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -80,7 +81,7 @@ def summarize(model: nn.Module, input_size: tuple[int, int, int]) -> ModelSummar
     was_training = model.training
     model.eval()  # BN in training mode refuses a batch of one 1x1 map
     try:
-        with torch.no_grad(), _FastMetaBatchNorm():
+        with torch.no_grad(), _FastMeta():
             out = model(torch.zeros(1, *input_size, device=device, dtype=dtype))
     finally:
         for h in handles:
@@ -114,14 +115,32 @@ def summarize(model: nn.Module, input_size: tuple[int, int, int]) -> ModelSummar
     )
 
 
-class _FastMetaBatchNorm(TorchFunctionMode):
-    """On the meta device, batch norm goes through a Python decomposition (about 10 ms a layer, most of a ResNet-152
-    summary); its output has its input's shape, which is all a summary needs."""
+class _FastMeta(TorchFunctionMode):
+    """Shape-only stand-ins for the meta kernels that are slow. Batch norm runs a Python decomposition (about 10 ms
+    a layer, most of a ResNet-152 summary); the first out-of-place ReLU, addition, adaptive pool or linear layer
+    imports torch._dynamo (over a second). Their outputs' shapes are all a summary needs."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is torch.batch_norm and args[0].is_meta:
-            return torch.empty_like(args[0])
-        return func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        x = args[0] if args else None
+        if not (isinstance(x, torch.Tensor) and x.is_meta):
+            return func(*args, **kwargs)
+        if func is F.batch_norm or func is torch.batch_norm or func is torch.relu:
+            return torch.empty_like(x)
+        if func is F.relu:
+            return x if kwargs.get("inplace", args[1] if len(args) > 1 else False) else torch.empty_like(x)
+        if func is torch.Tensor.add or func is torch.add:  # `a + b` arrives as Tensor.add
+            other = args[1] if len(args) > 1 else kwargs["other"]
+            shape = torch.broadcast_shapes(x.shape, other.shape) if isinstance(other, torch.Tensor) else x.shape
+            return x.new_empty(shape)
+        if func is F.adaptive_avg_pool2d:
+            size = args[1] if len(args) > 1 else kwargs["output_size"]
+            h, w = (size, size) if isinstance(size, int) else size
+            return x.new_empty((*x.shape[:-2], h or x.shape[-2], w or x.shape[-1]))
+        if func is F.linear:
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            return x.new_empty((*x.shape[:-1], weight.shape[0]))
+        return func(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
