@@ -167,8 +167,12 @@ def _cmd_train(args) -> int:
     config = config_from_args(args)  # validates the flags before torch is imported
     from reslab.train import fit
 
-    result = fit(config)
-    return 0 if result.completed else 1
+    # a resumed run keeps its checkpoint's settings except for the flags given now
+    explicit = {k for k, v in vars(args).items() if v is not None and hasattr(config, k)}
+    fit(config, explicit=explicit)
+    # stopping at --max-steps is a requested end, not a failure: a non-zero exit would make torchrun restart it;
+    # a diverged loss raises (exit 2) and Ctrl-C exits 130 after saving last.pt
+    return 0
 
 
 def _add_eval(sub):

@@ -1,0 +1,93 @@
+"""DDP under torchrun on the CPU (gloo): 2 processes, a tiny model, synthetic 8x8 data.
+
+One torchrun launch covers most of it: rank 1 is killed mid-epoch by a test hook (RESLAB_TEST_CRASH_AT_STEP), torchrun
+(--max-restarts 1) restarts both workers, they resume from the step-4 checkpoint and finish.
+"""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from reslab.checkpoint import read_checkpoint
+from reslab.config import make_config
+from reslab.evaluate import evaluate_checkpoint
+from reslab.train import fit
+
+# 512 training images / (32 per process x 2 processes) = 8 steps per epoch
+ARGS = "--dataset synthetic --model resnet20 --resize 8 --train-subset 512 --val-size 100 -b 32 --epochs 2"
+
+
+def torchrun(tmp_path, name, *, crash_at=None, extra=""):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RESLAB_TEST_CRASH_AT_STEP", None)
+    if crash_at is not None:
+        env["RESLAB_TEST_CRASH_AT_STEP"] = str(crash_at)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["--max-restarts", "1", "-m", "reslab", "train", *ARGS.split(), "--output", str(tmp_path), "--name", name]
+    cmd += ["--ckpt-interval", "4", *extra.split()]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    return out.returncode, out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def restarted_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    rc, log = torchrun(tmp, "restarted", crash_at=6)
+    assert rc == 0, log[-3000:]
+    return tmp / "restarted", log
+
+
+def test_a_killed_worker_is_restarted_and_the_run_resumes_and_finishes(restarted_run):
+    run, log = restarted_run
+    assert "[test hook] RESLAB_TEST_CRASH_AT_STEP: rank 1 exits at step 6" in log
+    # the checkpoint of step 4 (--ckpt-interval 4) is where the new workers pick up
+    assert "at epoch 1, step 4 (step 4 of the epoch)" in log
+    assert read_checkpoint(run / "last.pt")["step"] == 16
+
+
+def test_only_rank_0_writes_and_prints_and_ranks_end_identical(restarted_run):
+    run, log = restarted_run
+    # one epoch line per epoch: the other rank printed nothing (the crashed first attempt never finished an epoch)
+    assert log.count("epoch 1, loss") == 1 and log.count("epoch 2, loss") == 1
+    assert "parameters and buffers are identical on all 2 ranks" in log
+    assert {p.name for p in run.iterdir()} == {
+        "config.json",
+        "metrics.csv",
+        "curves.png",
+        "confusion_matrix.png",
+        "last.pt",
+        "best.pt",
+    }
+
+
+def test_sharded_evaluation_equals_a_single_process_evaluation(restarted_run):
+    run, _ = restarted_run
+    with open(run / "metrics.csv") as f:
+        last = list(csv.DictReader(f))[-1]
+    for split in ("test", "val"):
+        single = evaluate_checkpoint(run / "last.pt", split=split, output=run.parent / "eval", quiet=True)
+        assert single["accuracy"] == float(last[f"{split}_acc"])  # the same count of correct images
+
+
+def test_resume_at_another_world_size(restarted_run, tmp_path):
+    run = shutil.copytree(restarted_run[0], tmp_path / "copy")
+    # one more epoch in a single process: the global step is re-expressed in its own steps (16 per epoch)
+    config = make_config(**read_checkpoint(run / "last.pt")["config"])
+    config = make_config(**{**config.to_dict(), "epochs": 3, "resume": str(run), "progress": False, "threads": 1})
+    result = fit(config)
+    assert result.completed and result.step == 3 * 16
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_the_restarted_run_ends_bitwise_equal_to_an_uninterrupted_one(restarted_run, tmp_path):
+    run, _ = restarted_run
+    rc, log = torchrun(tmp_path, "straight")
+    assert rc == 0, log[-3000:]
+    a, b = read_checkpoint(run / "last.pt"), read_checkpoint(tmp_path / "straight" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

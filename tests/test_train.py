@@ -1,0 +1,190 @@
+"""fit() on tiny synthetic data: it learns, resumes bit for bit, stops cleanly on NaN and Ctrl-C; reslab eval."""
+
+import csv
+import hashlib
+import os
+import signal
+
+import pytest
+import torch
+
+import reslab
+import reslab.models
+from reslab.checkpoint import read_checkpoint
+from reslab.cli import main
+from reslab.config import make_config
+from reslab.data import synthetic_dataset
+from reslab.evaluate import evaluate_checkpoint
+from reslab.train import NonFiniteLossError, fit, lr_factor
+
+# 8x8 images and a 4/8/16-channel resnet20: a step takes milliseconds, yet it learns the synthetic classes
+DATA = synthetic_dataset(num_train=640, num_test=200, image_size=8)
+TINY = dict(
+    model="resnet20",
+    model_kwargs={"widths": [8, 16, 32]},
+    batch_size=32,
+    lr=0.2,
+    val_size=128,
+    threads=1,
+    progress=False,
+)
+
+
+def tiny_config(tmp_path, **overrides):
+    return make_config(**{**TINY, "output": str(tmp_path), "name": "run", **overrides})
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    """Model and optimizer state of two checkpoints, bit for bit."""
+    if a["model"].keys() != b["model"].keys():
+        return False
+    if not all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]):
+        return False
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    return sa.keys() == sb.keys() and all(
+        torch.equal(sa[i][k], sb[i][k]) if torch.is_tensor(sa[i][k]) else sa[i][k] == sb[i][k]
+        for i in sa
+        for k in sa[i]
+    )
+
+
+def hook_model(monkeypatch, at, action):
+    """Make fit's model call `action(output)` on its `at`-th training forward (1-based) and return that instead."""
+    real = reslab.models.build_model
+
+    def build(*args, **kwargs):
+        model = real(*args, **kwargs)
+        forward, calls = model.forward, [0]
+
+        def hooked(x):
+            out = forward(x)
+            if model.training:
+                calls[0] += 1
+                if calls[0] == at:
+                    return action(out)
+            return out
+
+        model.forward = hooked  # an instance attribute: the state_dict keeps its names
+        return model
+
+    monkeypatch.setattr(reslab.models, "build_model", build)
+
+
+def test_short_run_learns_and_writes_its_run_folder(tmp_path, capsys):
+    result = fit(tiny_config(tmp_path, epochs=3, progress=True), data=DATA)
+    assert result.completed and result.step == 3 * (512 // 32)
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} == {
+        "config.json",
+        "metrics.csv",
+        "curves.png",
+        "confusion_matrix.png",
+        "last.pt",
+        "best.pt",
+    }
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert result.test_acc > 0.5  # chance is 0.1
+    out = capsys.readouterr().out
+    # the seeds' line, plus val acc and throughput
+    assert "epoch 3, loss " in out and ", train acc " in out and ", val acc " in out and " sec, " in out
+    assert " img/s" in out
+    best = read_checkpoint(run)  # a folder resolves to best.pt
+    assert best["history"][-1]["val_acc"] == result.best_val_acc == max(r["val_acc"] for r in result.history)
+    assert not result.model.training
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """A 2-epoch run left alone: what stopped-and-resumed runs must reproduce bit for bit."""
+    return fit(tiny_config(tmp_path_factory.mktemp("straight"), epochs=2), data=DATA)
+
+
+@pytest.mark.parametrize("stop_at", [5, 16], ids=["mid-epoch", "epoch-boundary"])
+def test_resume_is_bitwise_exact(tmp_path, straight, stop_at):
+    first = fit(tiny_config(tmp_path, epochs=2, name="split", max_steps=stop_at), data=DATA)
+    assert not first.completed and first.step == stop_at
+    resumed = fit(tiny_config(tmp_path, epochs=2, name="split", resume="auto"), data=DATA)
+    assert resumed.completed and resumed.step == straight.step
+    a, b = read_checkpoint(straight.run_dir / "last.pt"), read_checkpoint(tmp_path / "split" / "last.pt")
+    assert states_equal(a, b)
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
+    assert [r["test_acc"] for r in a["history"]] == [r["test_acc"] for r in b["history"]]
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, straight, monkeypatch, capsys):
+    hook_model(monkeypatch, 7, lambda out: (os.kill(os.getpid(), signal.SIGINT), out)[1])
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_config(tmp_path, epochs=2, progress=True), data=DATA)
+    assert "--resume" in capsys.readouterr().out
+    saved = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert (saved["epoch"], saved["step"], saved["step_in_epoch"]) == (0, 7, 7)  # the step in flight completes
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    monkeypatch.undo()
+    fit(tiny_config(tmp_path, epochs=2, resume=str(tmp_path / "run")), data=DATA)
+    assert states_equal(read_checkpoint(tmp_path / "run" / "last.pt"), read_checkpoint(straight.run_dir / "last.pt"))
+
+
+def test_non_finite_loss_stops_without_touching_checkpoints(tmp_path, monkeypatch):
+    digests = {}
+
+    def poison(out):
+        # the state on disk just before the bad step: epoch 1's checkpoints
+        digests.update(
+            {n: hashlib.sha256((tmp_path / "run" / n).read_bytes()).hexdigest() for n in ("last.pt", "best.pt")}
+        )
+        return out * float("nan")
+
+    hook_model(monkeypatch, 16 + 3, poison)  # step 3 of epoch 2
+    with pytest.raises(NonFiniteLossError) as e:
+        fit(tiny_config(tmp_path, epochs=2, ckpt_interval=1), data=DATA)
+    msg = str(e.value)
+    assert "epoch 2" in msg and "step 19" in msg and "lr " in msg and "nan" in msg
+    # the last good checkpoint is the one saved after step 18, untouched
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["step"] == 18
+    now = {n: hashlib.sha256((tmp_path / "run" / n).read_bytes()).hexdigest() for n in ("last.pt", "best.pt")}
+    assert now == digests
+
+
+def test_cli_nan_exit_code_and_message(tmp_path, monkeypatch, capsys):
+    hook_model(monkeypatch, 2, lambda out: out * float("inf"))
+    argv = ["train", "--dataset", "synthetic", "--val-size", "100", "--train-subset", "256", "--resize", "8"]
+    argv += ["--model", "resnet20", "--epochs", "1", "-b", "32", "--output", str(tmp_path), "--name", "x"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "epoch 1, step 2" in err and "Traceback" not in err
+
+
+def test_lr_schedules():
+    kw = dict(total_steps=100, warmup_steps=10)
+    assert lr_factor(0, sched="onecycle", **kw) == pytest.approx(0.1)
+    assert lr_factor(9, sched="onecycle", **kw) == 1.0
+    assert lr_factor(99, sched="onecycle", **kw) == pytest.approx(1 / 90)
+    assert lr_factor(99, sched="cosine", **kw) < 0.001
+    assert lr_factor(80, sched="step", **kw) == pytest.approx(0.01)
+    assert lr_factor(50, sched="none", **kw) == 1.0
+
+
+def test_eval_checkpoint_matches_training_and_prints_per_class_table(tmp_path, capsys):
+    config = tiny_config(tmp_path, dataset="synthetic", resize=8, train_subset=256, epochs=1, val_size=100)
+    result = fit(config)
+    capsys.readouterr()
+    assert main(["eval", str(result.run_dir / "last.pt"), "--output", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert f"{100 * result.test_acc:.2f}%" in out
+    assert "class0" in out and "class9" in out and "all" in out
+    assert (tmp_path / "ev" / "confusion_matrix.png").is_file()
+    val = evaluate_checkpoint(result.run_dir, split="val", output=tmp_path / "ev", quiet=True)
+    assert val["accuracy"] == result.best_val_acc and val["total"] == 100
+    assert (tmp_path / "ev" / "confusion_matrix_val.png").is_file()
+
+
+def test_load_checkpoint_gives_a_ready_model(tmp_path):
+    result = fit(tiny_config(tmp_path, epochs=1), data=DATA)
+    model = reslab.load_checkpoint(result.run_dir / "last.pt")
+    assert not model.training and model.reslab_classes == DATA.classes and model.reslab_input_size == (1, 8, 8)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), result.model(x))
