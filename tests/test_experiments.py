@@ -80,10 +80,10 @@ def _fake_results():
 def test_write_results_writes_figure_table_csv_json(tmp_path):
     from PIL import Image
 
-    from reslab.experiments import degradation_config
+    from reslab.experiments import experiment_config
 
     results = _fake_results()
-    write_results(results, tmp_path, config=degradation_config(epochs=3), title="test")
+    write_results(results, tmp_path, config=experiment_config(epochs=3), title="test")
     with Image.open(tmp_path / "figure.png") as im:
         assert im.width > 2 * im.height * 0.9  # two panels side by side
     rows = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
