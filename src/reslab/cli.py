@@ -203,8 +203,8 @@ def _cmd_eval(args) -> int:
 def _add_predict(sub):
     p = sub.add_parser("predict", help="top-k classes for image files (PNG, JPEG; any size or mode)")
     p.add_argument("checkpoint", help="a .pt file written by `reslab train` (or its run folder)")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("-k", "--topk", type=int, default=3)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files; each is made 28x28 grayscale")
+    p.add_argument("-k", "--topk", type=int, default=3, help="how many classes to show per image (default 3)")
     p.add_argument("--invert", action="store_true", help="invert images first (dark objects on a light background)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     return p
@@ -221,11 +221,22 @@ def _add_experiment(sub):
     p = sub.add_parser("experiment", help="the paper's comparisons: 'degradation' (plain vs residual), 'shortcuts'")
     p.add_argument("which", choices=["degradation", "shortcuts"])
     p.add_argument("--depths", default=None, help="comma-separated depths (degradation default 20,56; shortcuts 20)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--output", default=None, help="folder for the figure, table and raw numbers")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="a small subset and one short epoch: checks the pipeline")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="epochs per network (default: degradation 3, shortcuts 8; --quick 1)"
+    )
+    p.add_argument(
+        "--output",
+        default=None,
+        help="folder for the figure, table and raw numbers (default: runs/experiments/WHICH, or WHICH-quick)",
+    )
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+    p.add_argument("--seed", type=int, default=0, help="the same seed for every network (default 0)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="256 images, one epoch: checks the pipeline, not the finding (synthetic data if Fashion-MNIST is absent)",
+    )
     return p
 
 

@@ -451,6 +451,7 @@ def run_experiment(
     seed: int = 0,
     quick: bool = False,
     dataset: str | None = None,
+    threads: int | None = None,
 ) -> tuple[list[RunResult], str]:
     """Run 'degradation' or 'shortcuts', write its outputs, print and return (results, verdict text)."""
     from reslab.data import find_data_dir, load_dataset
@@ -461,7 +462,12 @@ def run_experiment(
     # --quick writes beside, not over, a real run's outputs
     output = Path(output or Path("runs") / "experiments" / (which + ("-quick" if quick else "")))
 
-    overrides: dict[str, Any] = {"epochs": epochs or DEFAULT_EPOCHS[which], "seed": seed, "data_dir": data_dir}
+    overrides: dict[str, Any] = {
+        "epochs": epochs or DEFAULT_EPOCHS[which],
+        "seed": seed,
+        "data_dir": data_dir,
+        "threads": threads,
+    }
     if dataset is None:
         dataset = "fashion-mnist"
         if quick and data_dir is None and find_data_dir() is None:
@@ -470,7 +476,8 @@ def run_experiment(
             dataset = "synthetic"
     data = load_dataset(dataset, data_dir)
     if quick:
-        overrides.update(train_subset=QUICK["train_subset"], batch_size=QUICK["batch_size"], threads=QUICK["threads"])
+        overrides.update(train_subset=QUICK["train_subset"], batch_size=QUICK["batch_size"])
+        overrides["threads"] = threads or QUICK["threads"]
         overrides["epochs"] = epochs or QUICK["epochs"]
         data = dataclasses.replace(
             data, test_images=data.test_images[: QUICK["test_size"]], test_labels=data.test_labels[: QUICK["test_size"]]
@@ -513,6 +520,9 @@ def run_experiment_cli(args: Any) -> int:
     """`reslab experiment WHICH [--depths ...] [--epochs N] [--output DIR] [--quick]`."""
     if args.epochs is not None and args.epochs < 1:
         raise ReslabError(f"--epochs: expected a positive number of epochs, got {args.epochs}")
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise ReslabError(f"--threads: expected a positive number of threads, got {threads}")
     depths = _parse_depths(args.depths, args.which)
     run_experiment(
         args.which,
@@ -522,5 +532,6 @@ def run_experiment_cli(args: Any) -> int:
         data_dir=args.data_dir,
         seed=args.seed,
         quick=args.quick,
+        threads=threads,
     )
     return 0
