@@ -9,10 +9,10 @@ from reslab.predict import load_image
 
 
 def _object_on(bg: int, fg: int, size=(60, 40)) -> np.ndarray:
-    """A `fg` rectangle in the middle of a `bg` image of `size` (W, H)."""
+    """A `fg` rectangle, 3 times wider than tall, in the middle of a `bg` image of `size` (W, H)."""
     w, h = size
     a = np.full((h, w), bg, np.uint8)
-    a[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = fg
+    a[h // 2 - w // 8 : h // 2 + w // 8, w // 8 : 7 * w // 8] = fg
     return a
 
 
@@ -20,27 +20,34 @@ def _center_and_corner(t):
     return int(t[14, 14]), int(t[0, 0])
 
 
-def test_grayscale_png_becomes_28x28_uint8_with_aspect_kept(tmp_path):
-    Image.fromarray(_object_on(0, 200, size=(120, 60))).save(tmp_path / "wide.png")
+def test_grayscale_png_becomes_28x28_uint8_trimmed_with_aspect_kept(tmp_path):
+    Image.fromarray(_object_on(0, 200, size=(120, 120))).save(tmp_path / "wide.png")
     t = load_image(tmp_path / "wide.png")
     assert t.shape == (28, 28) and str(t.dtype) == "torch.uint8"
     assert _center_and_corner(t) == (200, 0)
-    # a 2:1 image fills 14 rows: the object spans about the middle 7, not the middle 14 (no stretching)
-    column = t[:, 14].numpy()
-    assert 5 <= (column > 100).sum() <= 9
+    # as in Fashion-MNIST: the background is trimmed and the longest edge fills the frame (all 28 columns)...
+    assert (t[14] > 100).sum() == 28
+    # ...while the 3:1 object keeps its shape: about 9 rows tall, centred, not stretched to 28
+    assert 8 <= (t[:, 14] > 100).sum() <= 10
+
+
+def test_grey_photo_background_becomes_black(tmp_path):
+    Image.fromarray(_object_on(60, 220)).save(tmp_path / "grey.png")
+    # levels stretched so that the background (60) is black and white stays white: 220 -> (220 - 60) * 255 / 195
+    assert _center_and_corner(load_image(tmp_path / "grey.png")) == (209, 0)
 
 
 def test_rgba_transparent_background_becomes_black(tmp_path):
     rgba = np.zeros((40, 40, 4), np.uint8)
     rgba[..., :3] = 255  # white everywhere, but transparent outside the object
-    rgba[10:30, 10:30, 3] = 255
+    rgba[15:25, 5:35, 3] = 255
     Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
     assert _center_and_corner(load_image(tmp_path / "rgba.png")) == (255, 0)
 
 
 def test_rgba_dark_object_with_invert_stays_on_black(tmp_path):
     rgba = np.zeros((40, 40, 4), np.uint8)  # black everywhere, transparent outside the object
-    rgba[10:30, 10:30, 3] = 255
+    rgba[15:25, 5:35, 3] = 255
     Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
     assert _center_and_corner(load_image(tmp_path / "rgba.png", invert=True)) == (255, 0)
 
@@ -71,8 +78,8 @@ def test_exif_rotation_is_applied(tmp_path):
     exif[0x0112] = 6  # stored sideways: the camera was rotated 90 degrees
     Image.fromarray(_object_on(0, 255, size=(200, 100))).save(tmp_path / "phone.jpg", exif=exif)
     t = load_image(tmp_path / "phone.jpg").numpy()
-    # shown upright the 200x100 image is 100 wide and 200 tall: padding left and right, not above and below
-    assert t[14, 0] < 30 and t[0, 14] < 30 and (t[:, 14] > 128).sum() > (t[14, :] > 128).sum()
+    # shown upright the wide object is tall: padding left and right, not above and below
+    assert t[14, 0] < 30 and t[0, 14] > 128 and (t[:, 14] > 128).sum() > (t[14, :] > 128).sum()
 
 
 @pytest.mark.parametrize("ext", ["jpg", "png"])
@@ -178,6 +185,24 @@ def test_predict_rgba_palette_and_large_images(checkpoint, images):
     assert all(len(pairs) == 10 and abs(sum(p for _, p in pairs) - 1) < 1e-4 for pairs in full)
 
 
+def test_a_fashion_mnist_image_saved_as_png_predicts_as_in_evaluation(checkpoint, tmp_path):
+    import torch
+
+    from reslab.checkpoint import load_checkpoint
+    from reslab.data import synthetic_dataset
+    from reslab.data.transforms import prepare_batch
+    from reslab.predict import predict
+
+    image = synthetic_dataset(num_train=1, num_test=1).test_images[0]  # (28, 28) uint8, as Fashion-MNIST's
+    Image.fromarray(image.numpy()).save(tmp_path / "item.png")
+    assert torch.equal(load_image(tmp_path / "item.png"), image)
+    model = load_checkpoint(checkpoint)
+    with torch.no_grad():
+        expected = model(prepare_batch(image[None])).softmax(1)[0]
+    (name, p), *_ = predict(model, [tmp_path / "item.png"], topk=1)[0]
+    assert p == pytest.approx(expected.max().item(), abs=1e-5) and name == model.reslab_classes[expected.argmax()]
+
+
 def test_predict_accepts_a_loaded_model_and_pil_images(checkpoint, images):
     from reslab.checkpoint import load_checkpoint
     from reslab.predict import predict
@@ -207,6 +232,17 @@ def test_predict_files_reports_the_unreadable_file_and_predicts_the_others(check
     lines = out.strip().splitlines()
     assert len(lines) == 2 and str(images["rgba"]) in lines[0] and str(images["palette"]) in lines[1]
     assert all(line.count("%") == 2 for line in lines)
+    assert "--invert" not in err  # both have dark backgrounds
+
+
+def test_predict_files_suggests_invert_for_a_light_background(checkpoint, tmp_path, capsys):
+    from reslab.predict import predict_files
+
+    Image.fromarray(_object_on(250, 20)).save(tmp_path / "photo.png")
+    assert predict_files(checkpoint, [tmp_path / "photo.png"], device="cpu") == []
+    assert "light background; for a dark object use --invert" in capsys.readouterr().err
+    predict_files(checkpoint, [tmp_path / "photo.png"], invert=True, device="cpu")
+    assert "--invert" not in capsys.readouterr().err
 
 
 def test_cli_exit_codes(checkpoint, images, capsys):
