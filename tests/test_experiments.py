@@ -52,6 +52,8 @@ def test_shortcuts_verdict_orders_the_options():
     assert "C 8.00% < B 8.50% < A 9.00%" in as_paper and "As in the paper" in as_paper
     other = shortcuts_verdict({"A": (0.05, 0.07), "B": (0.04, 0.085), "C": (0.03, 0.08)})
     assert "A 7.00% < C 8.00% < B 8.50%" in other and "does not show here" in other
+    tie = shortcuts_verdict({"A": (0.05, 0.08), "B": (0.04, 0.08), "C": (0.03, 0.07)})
+    assert "test error:     C 7.00% < A 8.00% = B 8.00%" in tie
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -93,7 +95,7 @@ def test_write_results_writes_figure_table_csv_json(tmp_path):
     assert doc["config"]["epochs"] == 3 and doc["runs"][1]["final_train_error"] == pytest.approx(0.11)
     table = (tmp_path / "table.md").read_text()
     assert table == format_table(results) + "\n"
-    assert "| plain-56 | 0.27M | 3 | 11.00% | 10.67% | 3.0 min |" in table
+    assert "| plain-56 | 270,000 | 3 | 11.00% | 10.67% | 3.0 min |" in table
 
 
 @pytest.mark.parametrize(

@@ -238,9 +238,10 @@ def format_table(results: Sequence[RunResult]) -> str:
     ]
     for r in results:
         test = "-" if r.final_test_error is None else f"{100 * r.final_test_error:.2f}%"
+        t = r.time_s
         lines.append(
-            f"| {r.run.label} | {r.params / 1e6:.2f}M | {r.history[-1]['epoch']} | "
-            f"{100 * r.final_train_error:.2f}% | {test} | {r.time_s / 60:.1f} min |"
+            f"| {r.run.label} | {r.params:,} | {r.history[-1]['epoch']} | "
+            f"{100 * r.final_train_error:.2f}% | {test} | {f'{t:.0f} s' if t < 90 else f'{t / 60:.1f} min'} |"
         )
     return "\n".join(lines)
 
@@ -350,9 +351,17 @@ def shortcuts_verdict(final: dict[str, tuple[float, float]]) -> str:
     by_train = sorted(final, key=lambda k: final[k][0])
     by_test = sorted(final, key=lambda k: final[k][1])
     spread = max(v[1] for v in final.values()) - min(v[1] for v in final.values())
+
+    def ranking(order: list[str], i: int) -> str:
+        text = f"{order[0]} {100 * final[order[0]][i]:.2f}%"
+        for prev, k in zip(order[:-1], order[1:], strict=True):
+            same = f"{100 * final[k][i]:.2f}" == f"{100 * final[prev][i]:.2f}"
+            text += f" {'=' if same else '<'} {k} {100 * final[k][i]:.2f}%"
+        return text
+
     lines = [
-        "training error: " + " < ".join(f"{k} {100 * final[k][0]:.2f}%" for k in by_train),
-        "test error:     " + " < ".join(f"{k} {100 * final[k][1]:.2f}%" for k in by_test),
+        "training error: " + ranking(by_train, 0),
+        "test error:     " + ranking(by_test, 1),
         f"Test errors span {100 * spread:.2f} points. "
         + (
             "As in the paper (A > B > C in error), projections help a little."
