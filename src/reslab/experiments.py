@@ -255,7 +255,7 @@ def plot_comparison(results: Sequence[RunResult], path: str | Path, *, title: st
     for r in results:
         panels.setdefault(r.run.panel, []).append(r)
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True, layout="constrained", squeeze=False
+        1, len(panels), figsize=(max(7.0, 5.5 * len(panels)), 4.4), sharey=True, layout="constrained", squeeze=False
     )
     for ax, (panel, group) in zip(axes[0], panels.items(), strict=True):
         for i, r in enumerate(group):
@@ -274,7 +274,12 @@ def plot_comparison(results: Sequence[RunResult], path: str | Path, *, title: st
         ax.set_title(panel)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        last = max(h["epoch"] for r in group for h in r.history)
+        if last <= 12:
+            ax.set_xticks(range(1, last + 1))
+            ax.set_xlim(0.7, last + 0.3)
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
         # the line styles once, then the networks
         handles, labels = ax.get_legend_handles_labels()
         style = [
@@ -284,7 +289,9 @@ def plot_comparison(results: Sequence[RunResult], path: str | Path, *, title: st
         ax.legend(handles + style, labels + ["training error", "test error"], loc="upper right")
     axes[0][0].set_ylabel("error (%)")
     if title:
-        fig.suptitle(title)
+        import textwrap
+
+        fig.suptitle(textwrap.fill(title, width=int(11 * fig.get_figwidth())))
     path = Path(path)
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -445,9 +452,16 @@ def degradation_runs(depths: Sequence[int]) -> list[Run]:
     return plain + residual
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' if n != 1 else ''}"
+
+
 def shortcut_runs(depth: int) -> list[Run]:
     # A: zero-padded identity (no parameters); B: projections only where the shape changes; C: all projections
-    return [Run(f"ResNet-{depth} {o}", f"resnet{depth}", {"shortcut": o}, f"ResNet-{depth} shortcuts") for o in "ABC"]
+    return [
+        Run(f"ResNet-{depth} {o}", f"resnet{depth}", {"shortcut": o}, f"ResNet-{depth}, shortcut options")
+        for o in "ABC"
+    ]
 
 
 def run_experiment(
@@ -495,10 +509,10 @@ def run_experiment(
 
     if which == "degradation":
         runs = degradation_runs(depths)
-        title = f"Degradation on Fashion-MNIST: plain vs residual, {config.epochs} epochs"
+        title = f"Degradation on Fashion-MNIST: plain vs residual networks, {_epochs(config.epochs)} each"
     else:
         runs = shortcut_runs(depths[0])
-        title = f"Shortcut options A, B, C on Fashion-MNIST, ResNet-{depths[0]}, {config.epochs} epochs"
+        title = f"Shortcut options A, B, C on Fashion-MNIST: ResNet-{depths[0]}, {_epochs(config.epochs)} each"
     if quick:
         title += " (--quick: a pipeline check, not the finding)"
 
