@@ -151,7 +151,20 @@ def test_non_finite_loss_stops_without_touching_checkpoints(tmp_path, monkeypatc
 def test_cli_nan_exit_code_and_message(tmp_path, monkeypatch, capsys):
     hook_model(monkeypatch, 2, lambda out: out * float("inf"))
     argv = ["train", "--dataset", "synthetic", "--val-size", "100", "--train-subset", "256", "--resize", "8"]
-    argv += ["--model", "resnet20", "--epochs", "1", "-b", "32", "--output", str(tmp_path), "--name", "x"]
+    argv += [
+        "--model",
+        "resnet20",
+        "--epochs",
+        "1",
+        "-b",
+        "32",
+        "--threads",
+        "1",
+        "--output",
+        str(tmp_path),
+        "--name",
+        "x",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "epoch 1, step 2" in err and "Traceback" not in err

@@ -26,6 +26,7 @@ class DistInfo:
     local_rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # setup() created the process group, so cleanup() destroys it
 
     @property
     def is_main(self) -> bool:
@@ -85,7 +86,8 @@ def setup(device: str = "auto") -> DistInfo:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     world_size = int(os.environ["WORLD_SIZE"])
     dev = pick_device(device, local_rank=local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    owns_group = world_size > 1 and not dist.is_initialized()
+    if owns_group:
         if dev.type == "mps":
             raise ReslabError("--device mps: torch has no multi-process backend for MPS; use one process")
         if dev.type == "cuda":
@@ -107,11 +109,12 @@ def setup(device: str = "auto") -> DistInfo:
             dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, **kwargs)
         else:
             dist.init_process_group(backend, **kwargs)
-    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=dev, owns_group=owns_group)
 
 
-def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
+def cleanup(info: DistInfo) -> None:
+    """Leave the process group if `setup` joined it (a caller's own group is left alone)."""
+    if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

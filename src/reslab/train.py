@@ -59,6 +59,7 @@ class FitResult:
     test_acc: float | None  # of the final weights
     model: nn.Module  # unwrapped, in eval mode
     step: int = 0  # optimizer steps taken in all
+    images_per_s: float | None = None  # training throughput of this call (all ranks, evaluation excluded)
     confusion: torch.Tensor | None = field(default=None, repr=False)  # (K, K) on the test set, rows = true class
 
 
@@ -216,6 +217,9 @@ class _Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_val_acc: float | None = None
     crash_at_step: int | None = None
+    saved_step: int | None = None  # the step of the last.pt on disk, if any: what a NaN leaves untouched
+    images_trained: int = 0  # in this process's fit() call, over all ranks: for the throughput
+    train_time: float = 0.0
 
     @property
     def device(self) -> torch.device:
@@ -250,8 +254,10 @@ def _state(run: _Run, *, step_in_epoch: int, progress: dict[str, float]) -> dict
 
 
 def _save_last(run: _Run, *, step_in_epoch: int, progress: dict[str, float]) -> None:
+    """last.pt from rank 0; every rank calls it, so that all know which step is on disk."""
     if run.dist.is_main:
         save_checkpoint(_state(run, step_in_epoch=step_in_epoch, progress=progress), run.run_dir / "last.pt")
+    run.saved_step = run.step
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -285,7 +291,7 @@ def train_one_epoch(run: _Run, *, start_step: int = 0, progress: dict[str, float
     progress = progress or {}
     loss_sum = torch.tensor(progress.get("loss_sum", 0.0), device=device, dtype=torch.float32)
     correct = torch.tensor(int(progress.get("correct", 0)), device=device)
-    seen = int(progress.get("seen", 0))  # images, summed over ranks
+    seen = seen_at_start = int(progress.get("seen", 0))  # images, summed over ranks
     elapsed = float(progress.get("train_time", 0.0))
     steps = len(loader)
     bar = _progress_bar(run, steps, start_step, run.epoch)
@@ -347,7 +353,10 @@ def train_one_epoch(run: _Run, *, start_step: int = 0, progress: dict[str, float
 
     if bar is not None:
         bar.close()
-    elapsed += time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    elapsed += dt
+    run.images_trained += seen - seen_at_start
+    run.train_time += dt
     return {"stopped": stopped, "step_in_epoch": step_in_epoch, **_global_sums(run, loss_sum, correct, seen, elapsed)}
 
 
@@ -370,10 +379,9 @@ def _check_step(run: _Run, loss: torch.Tensor) -> tuple[bool, bool]:
 
 
 def _non_finite(run: _Run, loss: torch.Tensor, step_in_epoch: int) -> NonFiniteLossError:
-    last = run.run_dir / "last.pt"
     kept = (
-        f"{last} (epoch {run.epoch}, step {run.step}) is kept as the last good checkpoint"
-        if last.exists()
+        f"{run.run_dir / 'last.pt'} (step {run.saved_step}) is left untouched as the last good checkpoint"
+        if run.saved_step is not None
         else "no checkpoint had been written yet"
     )
     return NonFiniteLossError(
@@ -463,6 +471,7 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> tuple[int, dict[str, float]]:
         if len(states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states)
     run.epoch, run.history, run.best_val_acc = ckpt["epoch"], list(ckpt["history"]), ckpt["best_val_acc"]
+    run.saved_step = ckpt["step"]
     step_in_epoch, progress = ckpt["step_in_epoch"], dict(ckpt.get("epoch_progress") or {})
     steps = len(run.loaders["train"])
     if ckpt["world_size"] == run.dist.world_size and ckpt["steps_per_epoch"] == steps:
@@ -512,24 +521,22 @@ def fit(config: TrainConfig, *, data=None, explicit: Collection[str] | None = No
     last.pt on Ctrl-C.
     """
     t_start = time.perf_counter()
+    threads = torch.get_num_threads()
     dist_info = D.setup(config.device)
     try:
         return _fit(config, data, explicit, dist_info, t_start)
     finally:
-        D.cleanup()
+        D.cleanup(dist_info)
+        torch.set_num_threads(threads)  # --threads is for this run, not for the rest of the caller's process
 
 
-def _fit(config, data, explicit, dist_info: D.DistInfo, t_start: float) -> FitResult:
-    from reslab.data import BatchLoader, load_dataset
-    from reslab.models import build_model
-
-    device, is_main, world = dist_info.device, dist_info.is_main, dist_info.world_size
-
-    # the run folder and resume decision are made once, on rank 0, and shared (no shared filesystem needed)
-    # torchrun counts restarts per node: a healthy node's workers restarted for another node's failure see 0
-    restarted = D.all_reduce_sum(torch.tensor([D.restart_count()], device=device)).item() > 0
+def _decide_run(config: TrainConfig, explicit, dist_info: D.DistInfo) -> tuple[TrainConfig, Path, dict | None]:
+    """The config, run folder and checkpoint to resume, decided once on rank 0 and shared with every rank (so no
+    shared filesystem is needed and a user error stops every rank with the same message)."""
+    # torchrun counts restarts per node: a healthy node's workers, restarted for another node's failure, see 0
+    restarted = D.all_reduce_sum(torch.tensor([D.restart_count()], device=dist_info.device)).item() > 0
     decision = None
-    if is_main:
+    if dist_info.is_main:
         try:
             decision = ("ok", _prepare_run(config, explicit, restarted=restarted))
         except ReslabError as e:
@@ -537,30 +544,36 @@ def _fit(config, data, explicit, dist_info: D.DistInfo, t_start: float) -> FitRe
     decision = D.broadcast_object(decision)
     if decision[0] == "error":
         raise ReslabError(decision[1])
-    config, run_dir, ckpt = decision[1]
-    say = print if (is_main and config.progress) else (lambda *a, **k: None)
+    return decision[1]
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(config.seed)
 
-    # data: local rank 0 first, so that a download happens once per machine
-    if data is None:
-        if D.active() and dist_info.local_rank != 0:
-            torch.distributed.barrier()
-        data = load_dataset(config.dataset, config.data_dir)
-        if D.active() and dist_info.local_rank == 0:
-            torch.distributed.barrier()
-    splits = make_splits(data, config)
+def _load_data(config: TrainConfig, dist_info: D.DistInfo):
+    from reslab.data import load_dataset
+
+    if not D.active():
+        return load_dataset(config.dataset, config.data_dir)
+    # local rank 0 first, so that a download happens once per machine; the others then find the files
+    data, error = None, None
+    if dist_info.local_rank == 0:
+        try:
+            data = load_dataset(config.dataset, config.data_dir)
+        except ReslabError as e:
+            error = e
+    torch.distributed.barrier()
+    if error is not None:
+        raise error
+    return data if data is not None else load_dataset(config.dataset, config.data_dir)
+
+
+def _make_loaders(config: TrainConfig, splits: dict, dist_info: D.DistInfo) -> dict[str, Any]:
+    from reslab.data import BatchLoader
+
+    world = dist_info.world_size
     common = dict(
         resize=config.resize,
         rank=dist_info.rank,
         world_size=world,
-        device=device,
+        device=dist_info.device,
         channels_last=config.channels_last,
     )
     train_x, train_y = splits["train"]
@@ -578,54 +591,75 @@ def _fit(config, data, explicit, dist_info: D.DistInfo, t_start: float) -> FitRe
             **common,
         ),
     }
-    eval_batch = max(2 * config.batch_size, 256)
+    eval_batch = max(2 * config.batch_size, 256)  # no gradients to keep: twice the batch fits
     for split in ("val", "test"):
         if split in splits:
             loaders[split] = BatchLoader(*splits[split], batch_size=eval_batch, train=False, **common)
+    return loaders
 
-    # model
-    in_chans = 1 if data.train_images.dim() == 3 else data.train_images.shape[1]
-    model_kwargs = {**config.model_kwargs, "in_chans": in_chans, "num_classes": len(data.classes)}
+
+def _make_model(config: TrainConfig, data, dist_info: D.DistInfo, say) -> tuple[nn.Module, nn.Module, dict]:
+    """(model, the module to train: DDP-wrapped under torchrun, build_model's kwargs)."""
+    from reslab.models import build_model
+
+    device = dist_info.device
+    model_kwargs = {**config.model_kwargs, "in_chans": 1, "num_classes": len(data.classes)}  # (N, H, W) images
     if config.zero_init_residual:
         model_kwargs["zero_init_residual"] = True
     model = build_model(config.model, **model_kwargs)
     model.to(device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
-    train_model = model
     if config.sync_bn:
-        if device.type != "cuda" or not D.active():
-            say("note: --sync-bn only acts with several CUDA processes under torchrun; ignored")
+        if device.type == "cuda" and D.active():
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         else:
-            train_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            model = train_model
+            say("note: --sync-bn only acts with several CUDA processes under torchrun; ignored")
+    train_model = model
     if D.active():
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    return model, train_model, model_kwargs
 
+
+def _fit(config, data, explicit, dist_info: D.DistInfo, t_start: float) -> FitResult:
+    device, is_main, world = dist_info.device, dist_info.is_main, dist_info.world_size
+    config, run_dir, ckpt = _decide_run(config, explicit, dist_info)
+    say = print if (is_main and config.progress) else (lambda *a, **k: None)
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(config.seed)
+
+    if data is None:
+        data = _load_data(config, dist_info)
+    splits = make_splits(data, config)
+    loaders = _make_loaders(config, splits, dist_info)
+    model, train_model, model_kwargs = _make_model(config, data, dist_info, say)
     amp_dtype = resolve_amp(config.amp, device)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    lr = config.lr * world
+    lr = config.lr * world  # linear scaling: the global batch is batch_size x world
     optimizer = build_optimizer(model, config, lr=lr)
-    scheduler = build_scheduler(optimizer, config, steps_per_epoch=len(loaders["train"]))
-    meta = {
-        "model_name": config.model,
-        "model_kwargs": model_kwargs,
-        "input_size": list(loaders["train"].input_size),
-        "classes": list(data.classes),
-    }
     run = _Run(
         config=config,
         dist=dist_info,
         model=model,
         train_model=train_model,
         optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=scaler,
+        scheduler=build_scheduler(optimizer, config, steps_per_epoch=len(loaders["train"])),
+        scaler=torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None,
         amp_dtype=amp_dtype,
         loaders=loaders,
         stop=_StopRequest(announce=is_main),
         run_dir=run_dir,
-        meta=meta,
+        meta={
+            "model_name": config.model,
+            "model_kwargs": model_kwargs,
+            "input_size": list(loaders["train"].input_size),
+            "classes": list(data.classes),
+        },
     )
     crash = os.environ.get(_CRASH_ENV)
     run.crash_at_step = int(crash) if crash else None
@@ -633,55 +667,40 @@ def _fit(config, data, explicit, dist_info: D.DistInfo, t_start: float) -> FitRe
     start_step, progress = 0, {}
     if ckpt is not None:
         start_step, progress = _restore(run, ckpt)
-        if D.active():
-            D.broadcast_buffers(model)  # the checkpoint is rank 0's; identical anyway, but cheap to be sure
         other = "" if ckpt["world_size"] == world else f"; saved by {ckpt['world_size']} processes, now {world}"
         where = f"epoch {run.epoch + 1}, step {run.step} (step {start_step} of the epoch{other})"
         say(f"resuming from {ckpt['path']} at {where}")
-    del ckpt
+        del ckpt  # the optimizer state can be large
 
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    n_params = sum(p.numel() for p in model.parameters())
-    amp_name = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[amp_dtype]
-    sizes = ", ".join(f"{len(splits[s][0]):,} {s}" for s in ("train", "val", "test") if s in splits)
-    c, h, w = loaders["train"].input_size
-    say(f"run folder: {run_dir}")
-    say(f"data: {sizes} images at {h}x{w} ({data.source})")
-    say(
-        f"model: {config.model}, {n_params / 1e6:.2f}M parameters; {device}"
-        f"{'' if device.type != 'cpu' else f' ({torch.get_num_threads()} threads)'}, {amp_name}"
-        f"{', channels_last' if config.channels_last else ''}"
-        f"{f', DDP over {world} processes' if world > 1 else ''}"
-    )
-    scaled = f" (= {config.lr:g} x {world} processes)" if world > 1 else ""
-    say(
-        f"optimiser: {config.opt} lr {lr:g}{scaled}, {config.sched} schedule, batch {config.batch_size}"
-        f"{f' x {world}' if world > 1 else ''}, {len(loaders['train'])} steps per epoch, {config.epochs} epochs"
-    )
+    _print_header(run, splits, data, say)
 
     confusion = None
-    completed = run.epoch >= config.epochs
+    steps = len(loaders["train"])
     try:
         with run.stop:
-            while run.epoch < config.epochs:
-                if config.max_steps is not None and run.step >= config.max_steps:
-                    break
+            while run.epoch < config.epochs and (config.max_steps is None or run.step < config.max_steps):
                 stats = train_one_epoch(run, start_step=start_step, progress=progress)
                 start_step, progress = 0, {}
-                if stats["stopped"] is not None and stats["step_in_epoch"] < len(loaders["train"]):
+                if stats["step_in_epoch"] == steps:
+                    confusion = _end_epoch(run, stats, t_start, say)
+                else:  # stopped mid-epoch: save exactly where it is
                     sums = {k: stats[k] for k in ("loss_sum", "correct", "seen", "train_time")}
                     _save_last(run, step_in_epoch=stats["step_in_epoch"], progress=sums)
+                    seen, secs = max(1, stats["seen"]), max(stats["train_time"], 1e-9)
+                    why = "interrupted" if stats["stopped"] == "interrupt" else "stopped at --max-steps"
+                    say(
+                        f"{why} in epoch {run.epoch + 1} (step {stats['step_in_epoch']} of {steps}): "
+                        f"loss {stats['loss_sum'] / seen:.4f}, train acc {stats['correct'] / seen:.3f}, "
+                        f"{seen / secs:.0f} img/s"
+                    )
+                if stats["stopped"] is not None:
+                    say(f"saved {run_dir / 'last.pt'} at step {run.step}; continue with --resume {run_dir}")
                     if stats["stopped"] == "interrupt":
-                        say(f"saved {run_dir / 'last.pt'} at step {run.step}; continue with --resume {run_dir}")
                         raise KeyboardInterrupt
-                    say(f"stopped at --max-steps {config.max_steps}; last.pt can be resumed")
                     break
-                confusion = _end_epoch(run, stats, t_start, say)
-                if stats["stopped"] == "interrupt":
-                    raise KeyboardInterrupt
-            completed = run.epoch >= config.epochs
     finally:
         if is_main:
             _write_metrics(run)
@@ -693,16 +712,37 @@ def _fit(config, data, explicit, dist_info: D.DistInfo, t_start: float) -> FitRe
         if not same:
             raise RuntimeError("DDP ranks ended with different weights; please report this as a reslab bug")
     model.eval()
-    test_acc = run.history[-1]["test_acc"] if run.history else None
     return FitResult(
-        completed=completed,
+        completed=run.epoch >= config.epochs,
         run_dir=run_dir,
         history=run.history,
         best_val_acc=run.best_val_acc,
-        test_acc=test_acc,
+        test_acc=run.history[-1]["test_acc"] if run.history else None,
         model=model,
         step=run.step,
+        images_per_s=run.images_trained / run.train_time if run.train_time else None,
         confusion=confusion,
+    )
+
+
+def _print_header(run: _Run, splits: dict, data, say) -> None:
+    config, device, world = run.config, run.device, run.dist.world_size
+    n_params = sum(p.numel() for p in run.model.parameters())
+    amp_name = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[run.amp_dtype]
+    sizes = ", ".join(f"{len(splits[s][0]):,} {s}" for s in ("train", "val", "test") if s in splits)
+    _, h, w = run.loaders["train"].input_size
+    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
+    say(f"run folder: {run.run_dir}")
+    say(f"data: {sizes} images at {h}x{w} ({data.source})")
+    say(
+        f"model: {config.model}, {n_params / 1e6:.2f}M parameters; {device}{threads}, {amp_name}"
+        f"{', channels_last' if config.channels_last else ''}{f', DDP over {world} processes' if world > 1 else ''}"
+    )
+    scaled = f" (= {config.lr:g} x {world} processes)" if world > 1 else ""
+    say(
+        f"optimiser: {config.opt} lr {config.lr * world:g}{scaled}, {config.sched} "
+        f"schedule, batch {config.batch_size}{f' x {world}' if world > 1 else ''}, "
+        f"{len(run.loaders['train'])} steps per epoch, {config.epochs} epochs"
     )
 
 
@@ -740,10 +780,10 @@ def _end_epoch(run: _Run, stats: dict[str, Any], t_start: float, say) -> torch.T
         f"test acc {row['test_acc']:.3f}, time {row['time_s']:.1f} sec, {row['images_per_s']:.0f} img/s",
         flush=True,
     )
+    _save_last(run, step_in_epoch=0, progress={})
     if run.dist.is_main:
         _write_metrics(run)
-        _save_last(run, step_in_epoch=0, progress={})
-        if improved or (row["val_acc"] is None and "val" not in run.loaders):
+        if improved or "val" not in run.loaders:
             # without a validation split there is nothing to choose by: best.pt is the latest epoch
             copy_checkpoint(run.run_dir / "last.pt", run.run_dir / "best.pt")
     return results["test"]["confusion"]
