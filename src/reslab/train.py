@@ -300,7 +300,7 @@ def train_one_epoch(run: _Run, *, start_step: int = 0, progress: dict[str, float
 
     model.train()
     loader.set_epoch(run.epoch)
-    t0 = time.perf_counter()
+    t0 = shown = time.perf_counter()
     for x, y in loader.iter_from(start_step):
         with autocast(device, run.amp_dtype):
             logits = model(x)
@@ -330,12 +330,14 @@ def train_one_epoch(run: _Run, *, start_step: int = 0, progress: dict[str, float
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y) * world
         if bar is not None:
-            dt = elapsed + time.perf_counter() - t0
-            bar.set_postfix_str(
-                f"loss {loss_sum.item() / (seen / world):.4f}, acc {correct.item() / (seen / world):.3f}, "
-                f"{seen / dt:.0f} img/s",
-                refresh=False,
-            )
+            now = time.perf_counter()
+            if now - shown > 0.5:  # reading the running sums waits for the device: twice a second is enough
+                shown, mine = now, (seen - seen_at_start) / world + seen_at_start
+                bar.set_postfix_str(
+                    f"loss {loss_sum.item() / mine:.4f}, acc {correct.item() / mine:.3f}, "
+                    f"{seen / (elapsed + now - t0):.0f} img/s",
+                    refresh=False,
+                )
             bar.update()
 
         if run.crash_at_step == run.step and run.dist.rank == world - 1 and D.restart_count() == 0:
