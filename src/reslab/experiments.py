@@ -104,8 +104,6 @@ def compare(
     results.csv (one row per run and epoch) and results.json (the config, the machine and every number).
     `runs` are `Run`s or tuples (label, model, model_kwargs[, panel]). `data` is a loaded Dataset to share.
     """
-    import torch
-
     runs = [r if isinstance(r, Run) else Run(*r) for r in runs]
     if not runs:
         raise ReslabError("compare: expected at least one run, got none")
@@ -114,11 +112,7 @@ def compare(
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
 
-    threads = torch.get_num_threads()  # fit sets config.threads for the whole process; put it back afterwards
-    try:
-        results = _train_all(runs, base_config, output, data)
-    finally:
-        torch.set_num_threads(threads)
+    results = _train_all(runs, base_config, output, data)
     write_results(results, output, config=base_config, title=title)
     return results
 
@@ -201,7 +195,7 @@ def write_results(results: Sequence[RunResult], output: str | Path, *, config: T
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": config.threads or torch.get_num_threads(),
     }
     doc = {
         "title": title,
