@@ -158,8 +158,11 @@ def make_splits(data, config: TrainConfig) -> dict[str, tuple[torch.Tensor, torc
 
     train_x, train_y = data.train_images, data.train_labels
     splits = {}
-    if config.val_size > 0:
-        train_x, train_y, val_x, val_y = split_train_val(train_x, train_y, config.val_size, seed=config.seed)
+    val_size = config.val_size
+    if val_size is None:
+        val_size = 5000 if config.dataset == "fashion-mnist" else len(train_x) // 10
+    if val_size > 0:
+        train_x, train_y, val_x, val_y = split_train_val(train_x, train_y, val_size, seed=config.seed)
         splits["val"] = (val_x, val_y)
     if config.train_subset is not None:
         if config.train_subset < 1:
