@@ -7,6 +7,7 @@ Heavy imports (torch) happen inside the `_cmd_*` functions so that `reslab --hel
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from reslab import __version__
@@ -36,7 +37,7 @@ def _add_summary(sub):
         "--input",
         default=None,
         metavar="CxHxW",
-        help="input size, e.g. 3x224x224 (default: the model's own, e.g. 1x28x28 for d2l_resnet18)",
+        help="input size, e.g. 3x224x224 (default: the model's own, e.g. 1x96x96 for d2l_resnet18)",
     )
     p.add_argument("--depth", type=int, default=2, help="how deep into the module tree to list layers (default 2)")
     p.add_argument("--num-classes", type=int, default=None, help="override the model's number of classes")
@@ -222,7 +223,7 @@ def _add_experiment(sub):
     p.add_argument("which", choices=["degradation", "shortcuts"])
     p.add_argument("--depths", default=None, help="comma-separated depths (degradation default 20,56; shortcuts 20)")
     p.add_argument(
-        "--epochs", type=int, default=None, help="epochs per network (default: degradation 3, shortcuts 8; --quick 1)"
+        "--epochs", type=int, default=None, help="epochs per network (default: degradation 3, shortcuts 4; --quick 1)"
     )
     p.add_argument(
         "--output",
@@ -246,7 +247,7 @@ def _cmd_experiment(args) -> int:
     return run_experiment_cli(args)
 
 
-_SUBCOMMANDS_ALL = [
+_SUBCOMMANDS = [  # (declare the flags, run the command)
     (_add_train, _cmd_train),
     (_add_eval, _cmd_eval),
     (_add_predict, _cmd_predict),
@@ -258,8 +259,6 @@ _SUBCOMMANDS_ALL = [
 
 # ----------------------------------------------------------------------------------------------------------------------
 # entry point
-
-_SUBCOMMANDS = _SUBCOMMANDS_ALL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"reslab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`reslab models | head`): not an error; silence the flush at interpreter exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -409,7 +409,7 @@ def experiment_config(**overrides: Any) -> TrainConfig:
 
 # at most about 30 min each on a 2-core CPU (estimated from measured speeds: 1,150 img/s for ResNet-20, 3x slower
 # for 56 layers, so ~7.4 min per epoch of all four degradation networks and ~2.9 min of the three shortcut ones)
-DEFAULT_EPOCHS = {"degradation": 3, "shortcuts": 8}
+DEFAULT_EPOCHS = {"degradation": 3, "shortcuts": 4}
 DEFAULT_DEPTHS = {"degradation": (20, 56), "shortcuts": (20,)}
 # 4 steps per network. One thread: batches this small gain little from a second one, and on a busy machine (CI
 # beside other jobs) OpenMP's spin-waiting made 2 threads 20x slower than 1 (measured: 4.4 vs 0.34 s per step)
