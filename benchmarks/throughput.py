@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -22,21 +21,6 @@ MODES = {  # name -> (amp dtype, channels_last)
     "bf16": ("bf16", False),
     "bf16+channels_last": ("bf16", True),
 }
-
-
-def machine() -> str:
-    """The CPU (or GPU) these figures come from, for the report."""
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
 def measure(model_name: str, mode: str, *, size: int, batch: int, steps: int, device: str) -> dict:
@@ -129,7 +113,9 @@ def main() -> None:
         ]
         rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
     base = rows[0]
-    print(f"machine: {machine()}")
+    from reslab.machine import machine_line
+
+    print(f"machine: {machine_line()}")
     print(
         f"model: {args.model} at 1x{args.size}x{args.size}, batch {args.batch}, {args.steps} timed steps per mode, "
         f"device {args.device}; ratios against {base['mode']}"

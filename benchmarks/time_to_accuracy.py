@@ -19,35 +19,8 @@ T_PROCESS = time.perf_counter()  # before torch is imported: the whole command's
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu_bf16": bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    if hasattr(os, "getloadavg"):  # other work on the same cores is the first thing to check in a slow result
-        info["load_average_1min"] = os.getloadavg()[0]
-    return info
 
 
 def main() -> None:
@@ -63,6 +36,7 @@ def main() -> None:
     args = p.parse_args()
 
     from reslab.config import make_config
+    from reslab.machine import describe_machine, machine_line
     from reslab.train import fit
 
     output = Path(args.output or tempfile.mkdtemp(prefix="reslab-bench-"))
@@ -70,14 +44,8 @@ def main() -> None:
     if args.smoke:
         common.update(dataset="synthetic", val_size=200, train_subset=512, resize=8, epochs=2, batch_size=64)
         args.baseline_steps = min(args.baseline_steps, 8)
-    info = machine()
-    print(
-        f"machine: {info['cpu']}, {info['cores']} cores (torch uses {info['torch_threads']} threads), "
-        f"torch {info['torch']}, CPU bf16 {'yes' if info['cpu_bf16'] else 'no'}"
-        + (f", GPU {info['gpu']}" if info["gpu"] else "")
-        + (f", load average {info['load_average_1min']:.2f}" if "load_average_1min" in info else ""),
-        flush=True,
-    )
+    info = describe_machine()
+    print(f"machine: {machine_line(info)}", flush=True)
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     config = make_config(args.recipe, name=f"tta-{args.recipe}-{stamp}", **common)

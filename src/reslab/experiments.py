@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 
 from reslab.config import TrainConfig
 from reslab.errors import ReslabError
+from reslab.machine import describe_machine
 
 # ----------------------------------------------------------------------------------------------------------------------
 # the harness
@@ -191,12 +191,7 @@ def write_results(results: Sequence[RunResult], output: str | Path, *, config: T
                     [r.run.label, r.run.model, r.run.panel, h["epoch"]]
                     + [_round(h[k]) for k in ("train_error", "test_error", "train_loss", "time_s")]
                 )
-    machine = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "threads": config.threads or torch.get_num_threads(),
-    }
+    machine = {**describe_machine(), "threads": config.threads or torch.get_num_threads()}
     doc = {
         "title": title,
         "config": {k: v for k, v in config.to_dict().items() if k not in ("model", "model_kwargs", "name")},
@@ -407,8 +402,7 @@ def experiment_config(**overrides: Any) -> TrainConfig:
     return TrainConfig(**values)
 
 
-# at most about 30 min each on a 2-core CPU (estimated from measured speeds: 1,150 img/s for ResNet-20, 3x slower
-# for 56 layers, so ~7.4 min per epoch of all four degradation networks and ~2.9 min of the three shortcut ones)
+# measured on the 2-core Xeon with bf16 (README, Experiments): degradation 19.9 min, shortcuts 11.2 min
 DEFAULT_EPOCHS = {"degradation": 3, "shortcuts": 4}
 DEFAULT_DEPTHS = {"degradation": (20, 56), "shortcuts": (20,)}
 # 4 steps per network. One thread: batches this small gain little from a second one, and on a busy machine (CI
