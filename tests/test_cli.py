@@ -31,3 +31,12 @@ def test_bad_flag_value_is_a_clear_error_without_traceback(capsys):
     assert main(["train", "--epochs", "0", "--dataset", "synthetic"]) == 2
     err = capsys.readouterr().err
     assert "--epochs" in err and "Traceback" not in err
+
+
+def test_d2l_recipe_is_the_seeds_configuration():
+    from reslab.config import make_config
+
+    c = make_config("d2l")
+    assert (c.model, c.resize, c.batch_size, c.opt, c.lr, c.epochs) == ("d2l_resnet18", 96, 256, "adam", 1e-3, 5)
+    assert c.val_size == 0  # the seeds train on all 60,000 images
+    assert make_config("d2l", epochs=1).epochs == 1  # flags override the recipe
