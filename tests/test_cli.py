@@ -40,3 +40,11 @@ def test_d2l_recipe_is_the_seeds_configuration():
     assert (c.model, c.resize, c.batch_size, c.opt, c.lr, c.epochs) == ("d2l_resnet18", 96, 256, "adam", 1e-3, 5)
     assert c.val_size == 0  # the seeds train on all 60,000 images
     assert make_config("d2l", epochs=1).epochs == 1  # flags override the recipe
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    # `reslab models | head -1` where head has already gone: every write meets a closed pipe
+    p = subprocess.Popen([sys.executable, "-m", "reslab", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    assert p.wait(timeout=120) == 0
+    assert b"Error" not in p.stderr.read()

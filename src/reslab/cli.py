@@ -280,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe surfaces here rather than in the interpreter's exit
+        return code
     except ReslabError as e:
         print(f"reslab {args.command}: error: {e}", file=sys.stderr)
         return 2
