@@ -7,14 +7,17 @@ One torchrun launch covers most of it: rank 1 is killed mid-epoch by a test hook
 import csv
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from reslab.checkpoint import read_checkpoint
 from reslab.config import make_config
+from reslab.distributed import backend_for
 from reslab.evaluate import evaluate_checkpoint
 from reslab.train import fit
 
@@ -91,3 +94,38 @@ def test_the_restarted_run_ends_bitwise_equal_to_an_uninterrupted_one(restarted_
     assert rc == 0, log[-3000:]
     a, b = read_checkpoint(run / "last.pt"), read_checkpoint(tmp_path / "straight" / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_meet_at_a_rendezvous_endpoint_and_train_one_model(tmp_path):
+    # two torchrun agents, one process each, as two machines would run them: --nnodes 2 and a c10d rendezvous
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RESLAB_TEST_CRASH_AT_STEP", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+    cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "twonodes"]
+    cmd += ["-m", "reslab", "train", *ARGS.split(), "--epochs", "1", "--output", str(tmp_path)]
+    nodes = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+    time.sleep(1)  # the first agent hosts the rendezvous store
+    nodes.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        logs = [node.communicate(timeout=180)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert all(node.returncode == 0 for node in nodes), "\n----\n".join(log[-2000:] for log in logs)
+    log = "".join(logs)
+    assert "DDP over 2 processes" in log and log.count("epoch 1, loss") == 1  # one run, printed by rank 0 only
+    assert "parameters and buffers are identical on all 2 ranks" in log
+    # --rdzv-id names the run folder that both nodes agree on; 512 images / (32 x 2) = 8 steps
+    assert read_checkpoint(tmp_path / "resnet20-twonodes" / "last.pt")["step"] == 8
+
+
+def test_backend_follows_the_device():
+    assert backend_for(torch.device("cuda", 0)) == "nccl"
+    assert backend_for(torch.device("cpu")) == "gloo"

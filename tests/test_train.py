@@ -201,3 +201,11 @@ def test_load_checkpoint_gives_a_ready_model(tmp_path):
     x = torch.randn(4, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(model(x), result.model(x))
+
+
+def test_sync_bn_outside_cuda_ddp_is_noted_and_the_run_goes_on(tmp_path, capsys):
+    # SyncBatchNorm needs CUDA processes under torchrun; elsewhere the flag is reported as ignored, not an error
+    result = fit(tiny_config(tmp_path, epochs=1, sync_bn=True, progress=True), data=DATA)
+    assert result.completed
+    assert "note: --sync-bn only acts with several CUDA processes under torchrun; ignored" in capsys.readouterr().out
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in result.model.modules())

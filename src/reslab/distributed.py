@@ -78,6 +78,11 @@ def pick_device(name: str, *, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def backend_for(device: torch.device) -> str:
+    """The process-group backend for `device`: NCCL on CUDA, gloo on the CPU."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
 def setup(device: str = "auto") -> DistInfo:
     """Pick the device and, under torchrun with more than one process, join the process group (NCCL on CUDA,
     gloo on the CPU)."""
@@ -92,7 +97,7 @@ def setup(device: str = "auto") -> DistInfo:
             raise ReslabError("--device mps: torch has no multi-process backend for MPS; use one process")
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        backend = "nccl" if dev.type == "cuda" else "gloo"
+        backend = backend_for(dev)
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
         if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
             # torchrun's agent keeps one key-value store for all restarts, and the process group's keys (each rank's
