@@ -112,6 +112,9 @@ def test_resume_is_bitwise_exact(tmp_path, straight, stop_at):
     assert states_equal(a, b)
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
     assert [r["test_acc"] for r in a["history"]] == [r["test_acc"] for r in b["history"]]
+    # elapsed_s counts the whole run's time, across the stop: each epoch ends at least its own time_s later
+    ends = [0.0] + [r["elapsed_s"] for r in b["history"]]
+    assert all(ends[i + 1] >= ends[i] + r["time_s"] for i, r in enumerate(b["history"]))
 
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, straight, monkeypatch, capsys):

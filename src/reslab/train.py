@@ -2,7 +2,7 @@
 
     from reslab.config import make_config
     from reslab.train import fit
-    result = fit(make_config(epochs=3))       # result.test_acc, result.run_dir, result.model
+    result = fit(make_config(epochs=2))       # result.test_acc, result.run_dir, result.model
 
 The loop, top to bottom: devices and process group -> run folder (new, or the one being resumed) -> data -> model ->
 optimizer and schedule -> epochs of `train_one_epoch` + `evaluate` -> metrics, plots, checkpoints.
@@ -223,6 +223,7 @@ class _Run:
     saved_step: int | None = None  # the step of the last.pt on disk, if any: what a NaN leaves untouched
     images_trained: int = 0  # in this process's fit() call, over all ranks: for the throughput
     train_time: float = 0.0
+    elapsed_before: float = 0.0  # the run's wall time before this fit() call (resume): elapsed_s counts on from it
 
     @property
     def device(self) -> torch.device:
@@ -478,6 +479,8 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> tuple[int, dict[str, float]]:
     run.epoch, run.history, run.best_val_acc = ckpt["epoch"], list(ckpt["history"]), ckpt["best_val_acc"]
     run.saved_step = ckpt["step"]
     step_in_epoch, progress = ckpt["step_in_epoch"], dict(ckpt.get("epoch_progress") or {})
+    # time between the stop and the resume is not counted; the stopped epoch's training time is
+    run.elapsed_before = (run.history[-1]["elapsed_s"] if run.history else 0.0) + progress.get("train_time", 0.0)
     steps = len(run.loaders["train"])
     if ckpt["world_size"] == run.dist.world_size and ckpt["steps_per_epoch"] == steps:
         run.step = ckpt["step"]
@@ -772,7 +775,7 @@ def _end_epoch(run: _Run, stats: dict[str, Any], t_start: float, say) -> torch.T
         "lr": run.scheduler.get_last_lr()[0],
         "time_s": stats["train_time"] + time.perf_counter() - t0,
         "images_per_s": images / max(stats["train_time"], 1e-9),
-        "elapsed_s": time.perf_counter() - t_start,
+        "elapsed_s": run.elapsed_before + time.perf_counter() - t_start,
         "step": run.step,
     }
     run.history.append(row)
