@@ -79,8 +79,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet20")
     p.add_argument("--size", type=int, default=28, help="input height and width (1 channel)")
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--steps", type=int, default=10, help="timed steps per mode (after 2 warm-up steps)")
+    p.add_argument("--batch", type=int, default=128, help="images per step (default: the default recipe's 128)")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per mode (after 2 warm-up steps)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one mode in this process, print JSON

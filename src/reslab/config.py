@@ -29,8 +29,10 @@ class TrainConfig:
     crop_padding: int = 0  # random crop with this much zero padding; 0 = off
     hflip: bool = False
     # optimisation
-    epochs: int = 3
-    batch_size: int = 256  # per process; the global batch is batch_size * world_size
+    # the default recipe (README, Training), chosen on the validation split: at batch 128, two epochs reached a higher
+    # validation accuracy than three at batch 256, in about 80% of the time
+    epochs: int = 2
+    batch_size: int = 128  # per process; the global batch is batch_size * world_size
     lr: float = 0.2  # peak lr for `batch_size` images; multiplied by world_size under DDP (linear scaling rule)
     opt: str = "sgd"
     momentum: float = 0.9
