@@ -65,7 +65,9 @@ TORCHVISION_COUNTS = {  # torchvision's published counts, 3 channels, 1000 class
     "wide_resnet50_2": 68_883_240,
     "wide_resnet101_2": 126_886_696,
 }
-CIFAR_COUNTS = {  # He et al. 2015, sec. 4.2, option A, 3 channels, 10 classes
+CIFAR_COUNTS = {  # He et al. 2015, sec. 4.2, option A, 3 channels, 10 classes (8 and 14: counted by hand the same way)
+    "resnet8": 75_290,
+    "resnet14": 172_506,
     "resnet20": 269_722,
     "resnet32": 464_154,
     "resnet44": 658_586,

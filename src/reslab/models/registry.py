@@ -122,12 +122,13 @@ for _depth, _layers in _IMAGENET_LAYERS.items():
 # CIFAR networks (He et al. 2015, section 4.2): 3x3 stem, 3 stages of 2n 3x3 convs at 16/32/64 channels and
 # 32/16/8 pixels (28/14/7 on Fashion-MNIST), 6n+2 layers; option A shortcuts, so as many parameters as plain nets
 
-for _depth in (20, 32, 44, 56, 110, 1202):
+# 8 and 14 (n = 1, 2) are not in the paper's table; they are the cheaper members of the same family
+for _depth in (8, 14, 20, 32, 44, 56, 110, 1202):
     _n = (_depth - 2) // 6
     _register(
         f"resnet{_depth}",
         _resnet(BasicBlock, [_n] * 3),
-        f"CIFAR ResNet-{_depth} (He et al. 2015, sec. 4.2): 3 stages x {_n} basic blocks, option A",
+        f"CIFAR ResNet-{_depth} (He et al. 2015, sec. 4.2): 3 stages x {_n} basic block{'s' * (_n > 1)}, option A",
         "cifar",
         widths=CIFAR_WIDTHS,
         stem="cifar",
