@@ -11,7 +11,6 @@ import gzip
 import hashlib
 import http.server
 import re
-import socket
 import threading
 import time
 from pathlib import Path
@@ -71,19 +70,13 @@ def path_of(folder: Path, key: str, gz: bool = True) -> Path:
     return folder / (REAL_FILES[key].name + (".gz" if gz else ""))
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
+def isolated(tmp_path, monkeypatch, unused_port):
     """No real data, cache or network: an empty HOME, no $RESLAB_DATA, no Debian folder, a dead mirror."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("RESLAB_DATA", raising=False)
     monkeypatch.setattr(fm, "DEBIAN_DIR", tmp_path / "debian")
-    monkeypatch.setattr(fm, "MIRRORS", (f"http://127.0.0.1:{_closed_port()}/",))
+    monkeypatch.setattr(fm, "MIRRORS", (f"http://127.0.0.1:{unused_port}/",))
     small = {
         key: fm.IdxFile(spec.name, SMALL[key].shape, hashlib.sha256(idx_bytes(SMALL[key])).hexdigest())
         for key, spec in REAL_FILES.items()

@@ -7,7 +7,6 @@ One torchrun launch covers most of it: rank 1 is killed mid-epoch by a test hook
 import csv
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -96,19 +95,12 @@ def test_the_restarted_run_ends_bitwise_equal_to_an_uninterrupted_one(restarted_
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_nodes_meet_at_a_rendezvous_endpoint_and_train_one_model(tmp_path):
+def test_two_nodes_meet_at_a_rendezvous_endpoint_and_train_one_model(tmp_path, unused_port):
     # two torchrun agents, one process each, as two machines would run them: --nnodes 2 and a c10d rendezvous
-    port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("RESLAB_TEST_CRASH_AT_STEP", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
-    cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "twonodes"]
+    cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{unused_port}", "--rdzv-id", "twonodes"]
     cmd += ["-m", "reslab", "train", *ARGS.split(), "--epochs", "1", "--output", str(tmp_path)]
     nodes = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
     time.sleep(1)  # the first agent hosts the rendezvous store
