@@ -122,58 +122,54 @@ for _depth, _layers in _IMAGENET_LAYERS.items():
 # CIFAR networks (He et al. 2015, section 4.2): 3x3 stem, 3 stages of 2n 3x3 convs at 16/32/64 channels and
 # 32/16/8 pixels (28/14/7 on Fashion-MNIST), 6n+2 layers; option A shortcuts, so as many parameters as plain nets
 
+
+def _register_cifar(name: str, block: type[nn.Module], n: int, description: str, **kwargs: Any) -> None:
+    """A CIFAR network: 3 stages of `n` blocks behind the 3x3 stem, at 16/32/64 channels unless `widths` says."""
+    kwargs = {"widths": CIFAR_WIDTHS, "stem": "cifar", **kwargs}
+    _register(name, _resnet(block, [n] * 3), description, "cifar", **kwargs)
+
+
 # 8 and 14 (n = 1, 2) are not in the paper's table; they are the cheaper members of the same family
 for _depth in (8, 14, 20, 32, 44, 56, 110, 1202):
     _n = (_depth - 2) // 6
-    _register(
+    _register_cifar(
         f"resnet{_depth}",
-        _resnet(BasicBlock, [_n] * 3),
+        BasicBlock,
+        _n,
         f"CIFAR ResNet-{_depth} (He et al. 2015, sec. 4.2): 3 stages x {_n} basic block{'s' * (_n > 1)}, option A",
-        "cifar",
-        widths=CIFAR_WIDTHS,
-        stem="cifar",
         shortcut="A",
     )
 for _depth in (20, 32, 44, 56, 110):
-    _n = (_depth - 2) // 6
-    _register(
+    _register_cifar(
         f"plain{_depth}",
-        _resnet(BasicBlock, [_n] * 3),
+        BasicBlock,
+        (_depth - 2) // 6,
         f"CIFAR plain-{_depth} (He et al. 2015, fig. 6): resnet{_depth} without shortcuts",
-        "cifar",
-        widths=CIFAR_WIDTHS,
-        stem="cifar",
         shortcut="none",
     )
 for _depth in (20, 56, 110):
     _n = (_depth - 2) // 6
-    _register(
+    _register_cifar(
         f"preact_resnet{_depth}",
-        _resnet(PreActBasicBlock, [_n] * 3),
+        PreActBasicBlock,
+        _n,
         f"CIFAR pre-activation ResNet-{_depth} (He et al. 2016): 3 stages x {_n} basic blocks",
-        "cifar",
-        widths=CIFAR_WIDTHS,
-        stem="cifar",
     )
 for _depth in (164, 1001):
     _n = (_depth - 2) // 9
-    _register(
+    _register_cifar(
         f"preact_resnet{_depth}",
-        _resnet(PreActBottleneck, [_n] * 3),
+        PreActBottleneck,
+        _n,
         f"CIFAR pre-activation ResNet-{_depth} (He et al. 2016): 3 stages x {_n} bottlenecks",
-        "cifar",
-        widths=CIFAR_WIDTHS,
-        stem="cifar",
     )
 for _depth, _k in [(16, 8), (28, 10)]:
-    _n = (_depth - 4) // 6
-    _register(
+    _register_cifar(
         f"wrn{_depth}_{_k}",
-        _resnet(PreActBasicBlock, [_n] * 3),
+        PreActBasicBlock,
+        (_depth - 4) // 6,
         f"CIFAR Wide ResNet-{_depth}-{_k} (Zagoruyko & Komodakis 2016): {16 * _k}/{32 * _k}/{64 * _k} wide, no dropout",
-        "cifar",
         widths=(16 * _k, 32 * _k, 64 * _k),
-        stem="cifar",
         stem_chans=16,
     )
 
