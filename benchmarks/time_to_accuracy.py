@@ -36,7 +36,7 @@ def main() -> None:
     args = p.parse_args()
 
     from reslab.config import make_config
-    from reslab.machine import describe_machine, machine_line
+    from reslab.runtime import describe_machine, machine_line
     from reslab.train import fit
 
     output = Path(args.output or tempfile.mkdtemp(prefix="reslab-bench-"))

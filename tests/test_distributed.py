@@ -1,7 +1,8 @@
 """DDP under torchrun on the CPU (gloo): 2 processes, a tiny model, synthetic 8x8 data.
 
-One torchrun launch covers most of it: rank 1 is killed mid-epoch by a test hook (RESLAB_TEST_CRASH_AT_STEP), torchrun
-(--max-restarts 1) restarts both workers, they resume from the step-4 checkpoint and finish.
+One torchrun launch covers most of it: rank 1 exits abruptly mid-epoch (tests/crash_worker.py, which torchrun starts in
+place of `-m reslab`), torchrun (--max-restarts 1) restarts both workers, they resume from the step-4 checkpoint and
+finish.
 """
 
 import csv
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,16 +23,26 @@ from reslab.evaluate import evaluate_checkpoint
 from reslab.train import fit
 
 # 512 training images / (32 per process x 2 processes) = 8 steps per epoch
+CRASH_WORKER = str(Path(__file__).with_name("crash_worker.py"))
 ARGS = "--dataset synthetic --model resnet20 --resize 8 --train-subset 512 --val-size 100 -b 32 --epochs 2"
 
 
 def torchrun(tmp_path, name, *, crash_at=None, extra=""):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("RESLAB_TEST_CRASH_AT_STEP", None)
     if crash_at is not None:
         env["RESLAB_TEST_CRASH_AT_STEP"] = str(crash_at)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    cmd += ["--max-restarts", "1", "-m", "reslab", "train", *ARGS.split(), "--output", str(tmp_path), "--name", name]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "--max-restarts",
+        "1",
+    ]
+    cmd += [CRASH_WORKER] if crash_at is not None else ["-m", "reslab"]
+    cmd += ["train", *ARGS.split(), "--output", str(tmp_path), "--name", name]
     cmd += ["--ckpt-interval", "4", *extra.split()]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     return out.returncode, out.stdout + out.stderr
@@ -46,7 +58,7 @@ def restarted_run(tmp_path_factory):
 
 def test_a_killed_worker_is_restarted_and_the_run_resumes_and_finishes(restarted_run):
     run, log = restarted_run
-    assert "[test hook] RESLAB_TEST_CRASH_AT_STEP: rank 1 exits at step 6" in log
+    assert "[crash_worker] rank 1 exits at step 6" in log
     # the checkpoint of step 4 (--ckpt-interval 4) is where the new workers pick up
     assert "at epoch 1, step 4 (step 4 of the epoch)" in log
     assert read_checkpoint(run / "last.pt")["step"] == 16
@@ -73,7 +85,7 @@ def test_sharded_evaluation_equals_a_single_process_evaluation(restarted_run):
         last = list(csv.DictReader(f))[-1]
     for split in ("test", "val"):
         single = evaluate_checkpoint(run / "last.pt", split=split, output=run.parent / "eval", quiet=True)
-        assert single["accuracy"] == float(last[f"{split}_acc"])  # the same count of correct images
+        assert single.accuracy == float(last[f"{split}_acc"])  # the same count of correct images
 
 
 def test_resume_at_another_world_size(restarted_run, tmp_path):
@@ -98,7 +110,6 @@ def test_the_restarted_run_ends_bitwise_equal_to_an_uninterrupted_one(restarted_
 def test_two_nodes_meet_at_a_rendezvous_endpoint_and_train_one_model(tmp_path, unused_port):
     # two torchrun agents, one process each, as two machines would run them: --nnodes 2 and a c10d rendezvous
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("RESLAB_TEST_CRASH_AT_STEP", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
     cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{unused_port}", "--rdzv-id", "twonodes"]
     cmd += ["-m", "reslab", "train", *ARGS.split(), "--epochs", "1", "--output", str(tmp_path)]

@@ -196,20 +196,20 @@ def test_a_fashion_mnist_image_saved_as_png_predicts_as_in_evaluation(checkpoint
     image = synthetic_dataset(num_train=1, num_test=1).test_images[0]  # (28, 28) uint8, as Fashion-MNIST's
     Image.fromarray(image.numpy()).save(tmp_path / "item.png")
     assert torch.equal(load_image(tmp_path / "item.png"), image)
-    model = load_checkpoint(checkpoint)
+    trained = load_checkpoint(checkpoint)
     with torch.no_grad():
-        expected = model(prepare_batch(image[None])).softmax(1)[0]
-    (name, p), *_ = predict(model, [tmp_path / "item.png"], topk=1)[0]
-    assert p == pytest.approx(expected.max().item(), abs=1e-5) and name == model.reslab_classes[expected.argmax()]
+        expected = trained.model(prepare_batch(image[None])).softmax(1)[0]
+    (name, p), *_ = predict(trained, [tmp_path / "item.png"], topk=1)[0]
+    assert p == pytest.approx(expected.max().item(), abs=1e-5) and name == trained.classes[expected.argmax()]
 
 
 def test_predict_accepts_a_loaded_model_and_pil_images(checkpoint, images):
     from reslab.checkpoint import load_checkpoint
     from reslab.predict import predict
 
-    model = load_checkpoint(checkpoint)
+    trained = load_checkpoint(checkpoint)
     with Image.open(images["rgba"]) as im:
-        out = predict(model, [im, images["rgba"]], topk=2)
+        out = predict(trained, [im, images["rgba"]], topk=2)
     assert [c for c, _ in out[0]] == [c for c, _ in out[1]]
     assert [p for _, p in out[0]] == pytest.approx([p for _, p in out[1]])
 

@@ -1,21 +1,27 @@
 """fit() on tiny synthetic data: it learns, resumes bit for bit, stops cleanly on NaN and Ctrl-C; reslab eval."""
 
 import csv
+import dataclasses
 import hashlib
 import os
+import shutil
 import signal
+from pathlib import Path
 
 import pytest
 import torch
 
 import reslab
-import reslab.models
+import reslab.cli
+import reslab.train
 from reslab.checkpoint import read_checkpoint
 from reslab.cli import main
 from reslab.config import make_config
 from reslab.data import synthetic_dataset
+from reslab.errors import NonFiniteLossError
 from reslab.evaluate import evaluate_checkpoint
-from reslab.train import NonFiniteLossError, fit, lr_factor
+from reslab.optim import lr_factor
+from reslab.train import fit
 
 # 8x8 images and a 4/8/16-channel resnet20: a step takes milliseconds, yet it learns the synthetic classes
 DATA = synthetic_dataset(num_train=640, num_test=200, image_size=8)
@@ -50,7 +56,7 @@ def states_equal(a: dict, b: dict) -> bool:
 
 def hook_model(monkeypatch, at, action):
     """Make fit's model call `action(output)` on its `at`-th training forward (1-based) and return that instead."""
-    real = reslab.models.build_model
+    real = reslab.train.build_model
 
     def build(*args, **kwargs):
         model = real(*args, **kwargs)
@@ -67,7 +73,7 @@ def hook_model(monkeypatch, at, action):
         model.forward = hooked  # an instance attribute: the state_dict keeps its names
         return model
 
-    monkeypatch.setattr(reslab.models, "build_model", build)
+    monkeypatch.setattr(reslab.train, "build_model", build)
 
 
 def test_short_run_learns_and_writes_its_run_folder(tmp_path, capsys):
@@ -110,7 +116,7 @@ def test_resume_is_bitwise_exact(tmp_path, straight, stop_at):
     assert resumed.completed and resumed.step == straight.step
     a, b = read_checkpoint(straight.run_dir / "last.pt"), read_checkpoint(tmp_path / "split" / "last.pt")
     assert states_equal(a, b)
-    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
+    assert a["step"] == b["step"] and [r["lr"] for r in a["history"]] == [r["lr"] for r in b["history"]]
     assert [r["test_acc"] for r in a["history"]] == [r["test_acc"] for r in b["history"]]
     # elapsed_s counts the whole run's time, across the stop: each epoch ends at least its own time_s later
     ends = [0.0] + [r["elapsed_s"] for r in b["history"]]
@@ -193,17 +199,20 @@ def test_eval_checkpoint_matches_training_and_prints_per_class_table(tmp_path, c
     assert "class0" in out and "class9" in out and "all" in out
     assert (tmp_path / "ev" / "confusion_matrix.png").is_file()
     val = evaluate_checkpoint(result.run_dir, split="val", output=tmp_path / "ev", quiet=True)
-    assert val["accuracy"] == result.best_val_acc and val["total"] == 100
+    assert val.accuracy == result.best_val_acc and val.result.total == 100
     assert (tmp_path / "ev" / "confusion_matrix_val.png").is_file()
 
 
 def test_load_checkpoint_gives_a_ready_model(tmp_path):
     result = fit(tiny_config(tmp_path, epochs=1), data=DATA)
-    model = reslab.load_checkpoint(result.run_dir / "last.pt")
-    assert not model.training and model.reslab_classes == DATA.classes and model.reslab_input_size == (1, 8, 8)
+    trained = reslab.load_checkpoint(result.run_dir / "last.pt")
+    assert not trained.model.training and trained.classes == DATA.classes and trained.input_size == (1, 8, 8)
+    assert trained.config.epochs == 1 and trained.epoch == 1 and trained.model_name == "resnet20"
+    saved, trained_now = trained.model.state_dict(), result.model.state_dict()
+    assert all(torch.equal(saved[k], trained_now[k]) for k in trained_now)
     x = torch.randn(4, 1, 8, 8)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), result.model(x))
+    with torch.no_grad():  # the run's model is channels_last: other kernels, the same values to float tolerance
+        torch.testing.assert_close(trained.model(x), result.model(x))
 
 
 def test_sync_bn_outside_cuda_ddp_is_noted_and_the_run_goes_on(tmp_path, capsys):
@@ -212,3 +221,81 @@ def test_sync_bn_outside_cuda_ddp_is_noted_and_the_run_goes_on(tmp_path, capsys)
     assert result.completed
     assert "note: --sync-bn only acts with several CUDA processes under torchrun; ignored" in capsys.readouterr().out
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in result.model.modules())
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_a_checkpoint_of_format_1_resumes_bitwise_like_a_run_left_alone(tmp_path):
+    # written by reslab 0.1 (checkpoint format 1, with a LambdaLR "scheduler" entry) at step 21 of 2 x 16, with
+    # TINY's settings at widths 4/8/16 and --ckpt-interval 7; the current code must carry it on to the same bits
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(FIXTURES / "format1-resnet20-tiny-step21.pt", old / "last.pt")
+    saved = read_checkpoint(old / "last.pt")
+    assert saved["format_version"] == 1 and "scheduler" in saved and (saved["step"], saved["step_in_epoch"]) == (21, 5)
+    kw = dict(model_kwargs={"widths": [4, 8, 16]}, epochs=2, ckpt_interval=7)
+    resumed = fit(tiny_config(tmp_path, resume=str(old), **kw), data=DATA)
+    straight = fit(tiny_config(tmp_path, name="straight", **kw), data=DATA)
+    assert resumed.step == straight.step == 32
+    assert states_equal(read_checkpoint(old / "last.pt"), read_checkpoint(straight.run_dir / "last.pt"))
+    assert read_checkpoint(old / "last.pt")["format_version"] == 2
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# what a user gets wrong: one line naming the flag, no traceback, nothing trained
+
+
+def run_cli(capsys, *argv):
+    code = main(["train", "--dataset", "synthetic", "--resize", "8", "--threads", "1", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--threads", "-1", "a positive number of threads"),
+        ("--ckpt-interval", "-1", "0 (epoch ends only) or more steps"),
+        ("--max-steps", "0", "a positive number of steps"),
+        ("--momentum", "nan", "a momentum in [0, 1)"),
+        ("--lr", "inf", "a positive, finite learning rate"),
+        ("--warmup-epochs", "-1", "a finite number of epochs >= 0"),
+    ],
+)
+def test_a_bad_flag_value_names_the_flag_and_trains_nothing(tmp_path, capsys, flag, value, expected):
+    code, out, err = run_cli(capsys, "--output", str(tmp_path), flag, value)
+    assert code == 2 and f"error: {flag}: expected {expected}, got " in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_name_of_an_existing_run_without_resume_is_refused(tmp_path, capsys):
+    fit(tiny_config(tmp_path, epochs=1, max_steps=2), data=DATA)
+    code, _, err = run_cli(capsys, "--output", str(tmp_path), "--name", "run", "--epochs", "1")
+    assert code == 2 and "already holds a run (last.pt); pass --resume auto" in err
+
+
+def test_resume_auto_without_name_is_refused(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "--output", str(tmp_path), "--resume", "auto")
+    assert code == 2 and "--resume auto: needs --name" in err
+
+
+def test_resume_of_a_checkpoint_of_another_model_is_refused(tmp_path, capsys):
+    fit(tiny_config(tmp_path, epochs=1, max_steps=2), data=DATA)
+    code, _, err = run_cli(capsys, "--resume", str(tmp_path / "run"), "--model", "resnet32")
+    assert code == 2 and "holds a resnet20 but --model is resnet32" in err
+
+
+def test_every_train_flag_says_what_it_does_and_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    parser = reslab.cli.build_parser()
+    train = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "train")[1]
+    flags = [a for a in train._actions if a.option_strings and a.dest != "help"]
+    # every setting a user may change has its flag
+    fields = {f.name for f in dataclasses.fields(reslab.TrainConfig)} - {"model_kwargs", "progress"}
+    assert fields <= {a.dest for a in flags}
+    for action in flags:
+        assert action.help and "default: " in action.help, action.option_strings
+    assert "--epochs EPOCHS passes over the training split (default: 2; d2l: 5)" in text

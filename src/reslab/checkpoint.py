@@ -1,33 +1,109 @@
-"""Checkpoints: the state schema and its version, an atomic save, and a safe load.
+"""Checkpoints: the state schema as a type, an atomic save, a safe load, and the trained model they hold.
 
 A checkpoint is one dict of plain Python values and tensors, so `torch.load(path, weights_only=True)` reads it
-without running any pickled code:
+without running any pickled code. Every checkpoint describes a model:
 
-    {"format_version": 1, "reslab_version", "config": TrainConfig.to_dict(), "model_name", "model_kwargs",
-     "input_size": [C, H, W], "classes": [...], "model": state_dict (unwrapped), "optimizer", "scheduler",
-     "scaler" (or None), "epoch" (epochs completed), "step" (optimizer steps in all), "step_in_epoch",
-     "world_size", "rng": {"torch", "cuda"}, "history": [one dict per epoch], "best_val_acc", "epoch_progress"}
+    {"format_version": 2, "reslab_version", "model_name", "model_kwargs" (build_model's), "input_size": [C, H, W],
+     "classes": [...], "model": state_dict (unwrapped), "preprocess": dict or None}
 
+and one written by `reslab train` also holds the state to continue the run (`TrainState`): "config"
+(TrainConfig.to_dict()), "optimizer", "scaler" (or None), "epoch" (epochs completed), "step" (optimizer steps in
+all), "step_in_epoch", "steps_per_epoch", "world_size", "rng": {"torch", "cuda"}, "history" (one dict per epoch),
+"best_val_acc", "epoch_progress" (the running sums of the epoch in progress).
+
+Format 1 (reslab 0.1) had a "scheduler" entry too, whose only state was the step count; it still loads and resumes.
 `last.pt` holds everything needed to continue a run; `best.pt` is a copy of the `last.pt` of the epoch with the best
 validation accuracy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import shutil
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from reslab import __version__
+from reslab.config import TrainConfig
 from reslab.errors import ReslabError
+from reslab.models import build_model
+from reslab.runtime import pick_device
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CHECKPOINT_NAMES = ("best.pt", "last.pt")  # what a run folder is searched for, in this order
+MODEL_KEYS = ("model_name", "model_kwargs", "input_size", "classes", "model")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the schema
+
+
+@dataclass
+class EpochProgress:
+    """The running sums of the epoch in progress, over all ranks: what a mid-epoch resume continues from."""
+
+    loss_sum: float = 0.0  # sum over images of the per-image loss
+    correct: float = 0.0  # training images classified correctly (by the network as it was at their step)
+    seen: int = 0  # images, all ranks
+    train_time: float = 0.0  # seconds spent training in this epoch
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainState:
+    """Everything `last.pt` holds to continue a run exactly."""
+
+    config: dict[str, Any]  # TrainConfig.to_dict()
+    model_name: str
+    model_kwargs: dict[str, Any]
+    input_size: list[int]  # (C, H, W)
+    classes: list[str]
+    model: dict[str, torch.Tensor]  # state_dict of the unwrapped model
+    optimizer: dict[str, Any]
+    scaler: dict[str, Any] | None
+    epoch: int  # epochs completed
+    step: int  # optimizer steps in all
+    step_in_epoch: int  # 0 at an epoch end
+    steps_per_epoch: int
+    world_size: int
+    rng: dict[str, Any]  # {"torch": CPU generator state, "cuda": per-device states or None}
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val_acc: float | None = None
+    epoch_progress: EpochProgress = field(default_factory=EpochProgress)
+    preprocess: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["epoch_progress"] = self.epoch_progress.to_dict()
+        return {"format_version": FORMAT_VERSION, "reslab_version": __version__, **d}
+
+    @classmethod
+    def from_dict(cls, ckpt: dict[str, Any]) -> TrainState:
+        """The state in a checkpoint dict of any format this version reads; ReslabError if it cannot be resumed."""
+        fields = dataclasses.fields(cls)
+        required = [f.name for f in fields if f.default is f.default_factory is dataclasses.MISSING]
+        missing = [name for name in required if name not in ckpt]
+        if missing:
+            raise ReslabError(
+                f"checkpoint {ckpt.get('path', '?')!r}: cannot resume from it: it holds no training state "
+                f"(missing {', '.join(missing)}); it can still be evaluated or used with --pretrained"
+            )
+        values = {f.name: ckpt[f.name] for f in fields if f.name in ckpt}
+        values["epoch_progress"] = EpochProgress(**(ckpt.get("epoch_progress") or {}))
+        return cls(**values)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# writing
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -66,15 +142,20 @@ def _atomic_write(path: Path, write) -> Path:
     return path
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+def save_checkpoint(state: TrainState | dict[str, Any], path: str | Path) -> Path:
     """Write `state` to `path` atomically (the previous file stays intact if this is interrupted)."""
-    return _atomic_write(Path(path), lambda f: torch.save(state, f))
+    d = state.to_dict() if isinstance(state, TrainState) else state
+    return _atomic_write(Path(path), lambda f: torch.save(d, f))
 
 
 def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
     """Copy a checkpoint file atomically (best.pt from last.pt, without serialising the state twice)."""
     with open(src, "rb") as s:
         return _atomic_write(Path(dst), lambda f: shutil.copyfileobj(s, f, 1 << 20))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# reading
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -91,7 +172,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint dict at `path` (a file or a run folder), checked to be a reslab checkpoint this version reads."""
+    """The checkpoint dict at `path` (a file or a run folder), checked to be a reslab checkpoint this version reads,
+    with "path" added."""
     p = resolve_checkpoint(path)
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
@@ -112,29 +194,49 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     return ckpt
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# the trained model
+
+
+@dataclass
+class TrainedModel:
+    """A model from a checkpoint, with what is needed to feed it as it was trained."""
+
+    model: nn.Module  # weights loaded, in eval mode
+    model_name: str
+    model_kwargs: dict[str, Any]
+    classes: tuple[str, ...]
+    input_size: tuple[int, int, int]  # (C, H, W) it expects
+    preprocess: dict[str, Any] | None = None  # None: Fashion-MNIST's (see reslab.predict)
+    config: TrainConfig | None = None  # what it was trained with; None for weights-only checkpoints
+    epoch: int | None = None
+    path: str | None = None
+
+
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     """The architecture named in `ckpt` with its weights loaded (on the CPU, in eval mode)."""
-    from reslab.config import TrainConfig
-    from reslab.models import build_model
-
     model = build_model(ckpt["model_name"], **ckpt["model_kwargs"])
     model.load_state_dict(ckpt["model"])
-    model.eval()
-    # what predict/evaluate need to feed the model as it was trained
-    model.reslab_config = TrainConfig.from_dict(ckpt["config"])
-    model.reslab_classes = tuple(ckpt["classes"])
-    model.reslab_input_size = tuple(ckpt["input_size"])
-    return model
+    return model.eval()
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """A ready model from a checkpoint file or run folder: weights loaded, in eval mode, on `device`.
+def trained_model(ckpt: dict[str, Any]) -> TrainedModel:
+    """A TrainedModel from a checkpoint dict (read_checkpoint's)."""
+    return TrainedModel(
+        model=model_from_checkpoint(ckpt),
+        model_name=ckpt["model_name"],
+        model_kwargs=dict(ckpt["model_kwargs"]),
+        classes=tuple(ckpt["classes"]),
+        input_size=tuple(ckpt["input_size"]),
+        preprocess=ckpt.get("preprocess"),
+        config=TrainConfig.from_dict(ckpt["config"]) if "config" in ckpt else None,
+        epoch=ckpt.get("epoch"),
+        path=ckpt.get("path"),
+    )
 
-    The model carries `.reslab_config` (the TrainConfig it was trained with), `.reslab_classes` (class names) and
-    `.reslab_input_size` ((C, H, W) it expects).
-    """
-    if isinstance(device, str):
-        from reslab.distributed import pick_device
 
-        device = pick_device(device)
-    return model_from_checkpoint(read_checkpoint(path)).to(device)
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """A ready model from a checkpoint file or run folder: weights loaded, in eval mode, on `device`."""
+    trained = trained_model(read_checkpoint(path))
+    trained.model.to(pick_device(device))
+    return trained

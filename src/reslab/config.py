@@ -1,15 +1,25 @@
 """The typed training configuration: CLI flags -> TrainConfig -> fit().
 
-No torch import here, so that building the CLI parser stays instant.
+Every field is validated here, once, whoever builds the config (the CLI, the Python API, an experiment): a bad value
+is a one-line ReslabError naming the flag, what was expected and what was found. No torch import, so that building
+the CLI parser stays instant.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from reslab.errors import ReslabError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("onecycle", "cosine", "step", "none")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DATASETS = ("fashion-mnist", "synthetic")
+FLOAT32_MAX = 3.4028234663852886e38  # a learning rate beyond it is inf once it meets the float32 weights
 
 
 @dataclass(frozen=True)
@@ -56,42 +66,68 @@ class TrainConfig:
     progress: bool = True  # a tqdm bar on a terminal, one line per epoch elsewhere
 
     def __post_init__(self) -> None:
-        def bad(flag: str, expected: str, value: Any) -> ReslabError:
-            return ReslabError(f"--{flag}: expected {expected}, got {value!r}")
-
-        if self.epochs < 1:
-            raise bad("epochs", "a positive number of epochs", self.epochs)
-        if self.batch_size < 1:
-            raise bad("batch-size", "a positive batch size", self.batch_size)
-        if not self.lr > 0:
-            raise bad("lr", "a positive learning rate", self.lr)
-        if self.weight_decay < 0:
-            raise bad("weight-decay", "a non-negative number", self.weight_decay)
-        if not 0 <= self.label_smoothing < 1:
-            raise bad("label-smoothing", "a number in [0, 1)", self.label_smoothing)
-        if self.resize is not None and self.resize < 8:
-            raise bad("resize", "a size of at least 8 pixels", self.resize)
-        if self.crop_padding < 0:
-            raise bad("crop-padding", "0 or more pixels", self.crop_padding)
-        if self.val_size is not None and self.val_size < 0:
-            raise bad("val-size", "0 or more images", self.val_size)
-        for flag, value, choices in [
-            ("opt", self.opt, ("sgd", "adam", "adamw")),
-            ("sched", self.sched, ("onecycle", "cosine", "step", "none")),
-            ("amp", self.amp, ("auto", "bf16", "fp16", "off")),
-            ("device", self.device, ("auto", "cpu", "cuda", "mps")),
-            ("dataset", self.dataset, ("fashion-mnist", "synthetic")),
-        ]:
-            if value not in choices:
-                raise bad(flag, "one of " + ", ".join(choices), value)
+        _validate(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """A config from to_dict()'s output; keys this version does not know are ignored, missing ones default."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _validate(c: TrainConfig) -> None:
+    def bad(name: str, expected: str) -> ReslabError:
+        return ReslabError(f"{_flag(name)}: expected {expected}, got {getattr(c, name)!r}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    # (field, allowed, what was expected): one table, so every flag is checked the same way
+    checks = [
+        ("epochs", is_int(c.epochs) and c.epochs >= 1, "a positive number of epochs"),
+        ("batch_size", is_int(c.batch_size) and c.batch_size >= 1, "a positive batch size"),
+        ("lr", is_number(c.lr) and 0 < c.lr <= FLOAT32_MAX, "a positive, finite learning rate"),
+        ("momentum", is_number(c.momentum) and 0 <= c.momentum < 1, "a momentum in [0, 1)"),
+        ("weight_decay", is_number(c.weight_decay) and c.weight_decay >= 0, "a finite number >= 0"),
+        ("warmup_epochs", is_number(c.warmup_epochs) and c.warmup_epochs >= 0, "a finite number of epochs >= 0"),
+        ("label_smoothing", is_number(c.label_smoothing) and 0 <= c.label_smoothing < 1, "a number in [0, 1)"),
+        ("resize", c.resize is None or (is_int(c.resize) and c.resize >= 8), "a size of at least 8 pixels"),
+        ("crop_padding", is_int(c.crop_padding) and c.crop_padding >= 0, "0 or more pixels"),
+        ("val_size", c.val_size is None or (is_int(c.val_size) and c.val_size >= 0), "0 or more images"),
+        (
+            "train_subset",
+            c.train_subset is None or (is_int(c.train_subset) and c.train_subset >= 1),
+            "a positive number of images",
+        ),
+        ("threads", c.threads is None or (is_int(c.threads) and c.threads >= 1), "a positive number of threads"),
+        ("seed", is_int(c.seed) and 0 <= c.seed < 2**63, "a whole number in [0, 2**63)"),
+        ("ckpt_interval", is_int(c.ckpt_interval) and c.ckpt_interval >= 0, "0 (epoch ends only) or more steps"),
+        ("max_steps", c.max_steps is None or (is_int(c.max_steps) and c.max_steps >= 1), "a positive number of steps"),
+        (
+            "name",
+            c.name is None or (c.name not in ("", ".", "..") and "/" not in c.name and "\\" not in c.name),
+            "a folder name (no '/')",
+        ),
+        ("output", isinstance(c.output, str) and c.output != "", "a folder path"),
+        ("opt", c.opt in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),
+        ("sched", c.sched in SCHEDULES, "one of " + ", ".join(SCHEDULES)),
+        ("amp", c.amp in AMP_MODES, "one of " + ", ".join(AMP_MODES)),
+        ("device", c.device in DEVICES, "one of " + ", ".join(DEVICES)),
+        ("dataset", c.dataset in DATASETS, "one of " + ", ".join(DATASETS)),
+    ]
+    for name, ok, expected in checks:
+        if not ok:
+            raise bad(name, expected)
 
 
 # Named recipes: defaults that flags override. "default" was chosen on the validation split (see README, Training);
@@ -124,8 +160,19 @@ def make_config(recipe: str = "default", **overrides: Any) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def config_from_args(args: Any) -> TrainConfig:
-    """The `reslab train` flags (an argparse.Namespace) as a TrainConfig."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in names}
-    return make_config(args.recipe, **overrides)
+def default_text(name: str, *, none: str = "none") -> str:
+    """'default: X' for a TrainConfig field, plus each recipe's value where the recipe changes it (for --help).
+    `none` says what a None default means."""
+    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    parts = [f"default: {_show(value, none)}"]
+    parts += [f"{r}: {_show(v[name], none)}" for r, v in RECIPES.items() if name in v and v[name] != value]
+    return "; ".join(parts)
+
+
+def _show(value: Any, none: str) -> str:
+    if value is None:
+        return none
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from reslab.errors import ReslabError
+from reslab.runtime import pick_device
 
 
 @dataclass(frozen=True)
@@ -51,31 +52,6 @@ def run_id() -> str | None:
     """torchrun's rendezvous id: the same on every node and across restarts of one job (a uuid under --standalone)."""
     value = os.environ.get("TORCHELASTIC_RUN_ID")
     return None if value in (None, "", "none") else value
-
-
-def pick_device(name: str, *, local_rank: int = 0) -> torch.device:
-    """`--device auto|cpu|cuda|mps` -> a torch.device; under torchrun each process takes GPU `local_rank`."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ReslabError("--device cuda: no CUDA GPU is visible to this torch build; use --device cpu or auto")
-        if local_rank >= torch.cuda.device_count():
-            raise ReslabError(
-                f"--nproc-per-node: process {local_rank} has no GPU of its own "
-                f"({torch.cuda.device_count()} visible); start at most one process per GPU"
-            )
-        return torch.device("cuda", local_rank)
-    if name == "mps":
-        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-            raise ReslabError("--device mps: MPS is not available here; use --device cpu or auto")
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def backend_for(device: torch.device) -> str:
@@ -125,6 +101,11 @@ def cleanup(info: DistInfo) -> None:
 
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    """Processes in the process group (1 outside torchrun)."""
+    return dist.get_world_size() if active() else 1
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

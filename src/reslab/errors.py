@@ -7,3 +7,8 @@ class ReslabError(Exception):
 
 class DataError(ReslabError):
     """A dataset file is missing, truncated or corrupt."""
+
+
+class NonFiniteLossError(ReslabError):
+    """Training diverged (the loss or the weights stopped being finite): the run stopped; the message says what
+    is on disk."""

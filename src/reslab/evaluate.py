@@ -6,13 +6,35 @@ summed over processes, so the accuracy is exactly that of a single-process evalu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from reslab import distributed as D
+from reslab.checkpoint import read_checkpoint, trained_model
+from reslab.data import BatchLoader, Dataset, load_dataset, make_splits
+from reslab.errors import ReslabError
+from reslab.plots import plot_confusion_matrix
+from reslab.runtime import autocast, pick_device, resolve_amp
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    confusion: torch.Tensor  # (K, K) int64 on the CPU, rows = true class, columns = predicted
+
+    @property
+    def correct(self) -> int:
+        return int(self.confusion.trace())
+
+    @property
+    def total(self) -> int:
+        return int(self.confusion.sum())
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.total, 1)
 
 
 @torch.inference_mode()
@@ -20,15 +42,15 @@ def _confusion(model: nn.Module, loader, *, num_classes: int, amp_dtype: torch.d
     device = next(model.parameters()).device
     counts = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     for x, y in loader:
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             pred = model(x).argmax(1)
         counts += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
     return counts.view(num_classes, num_classes)
 
 
-def evaluate(model: nn.Module, loader, *, num_classes: int, amp_dtype: torch.dtype | None = None) -> dict[str, Any]:
-    """{"correct", "total", "accuracy", "confusion" ((K, K) int64 on the CPU, rows = true class)} of `model` on
-    `loader`'s images, summed over processes under torchrun. The model is put back in its previous mode."""
+def evaluate(model: nn.Module, loader, *, num_classes: int, amp_dtype: torch.dtype | None = None) -> EvalResult:
+    """The confusion matrix of `model` on `loader`'s images, summed over processes under torchrun. The model is put
+    back in its previous mode."""
     was_training = model.training
     model.eval()
     try:
@@ -36,9 +58,7 @@ def evaluate(model: nn.Module, loader, *, num_classes: int, amp_dtype: torch.dty
     finally:
         model.train(was_training)
     D.all_reduce_sum(counts)
-    counts = counts.cpu()
-    correct, total = int(counts.trace()), int(counts.sum())
-    return {"correct": correct, "total": total, "accuracy": correct / max(total, 1), "confusion": counts}
+    return EvalResult(confusion=counts.cpu())
 
 
 def per_class_table(confusion: torch.Tensor, classes: tuple[str, ...] | list[str]) -> str:
@@ -54,6 +74,18 @@ def per_class_table(confusion: torch.Tensor, classes: tuple[str, ...] | list[str
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class CheckpointEval:
+    result: EvalResult
+    split: str
+    classes: tuple[str, ...]
+    image: Path  # the confusion matrix written
+
+    @property
+    def accuracy(self) -> float:
+        return self.result.accuracy
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     *,
@@ -62,60 +94,55 @@ def evaluate_checkpoint(
     batch_size: int = 512,
     device: str = "auto",
     output: str | Path | None = None,
-    data=None,
+    data: Dataset | None = None,
     quiet: bool = False,
-) -> dict[str, Any]:
+) -> CheckpointEval:
     """Evaluate a checkpoint (file or run folder) on the "val" or "test" split of the data it was trained on.
 
     Prints the accuracy and a per-class table, writes the confusion matrix image (confusion_matrix.png for the test
-    split, confusion_matrix_val.png for val) into `output` or the checkpoint's folder, and returns evaluate()'s dict
-    plus "split", "classes" and "image" (the path written). `data` (a reslab.data.Dataset) replaces loading one.
+    split, confusion_matrix_val.png for val) into `output` or the checkpoint's folder. `data` replaces loading one.
     """
-    from reslab.checkpoint import model_from_checkpoint, read_checkpoint
-    from reslab.data import BatchLoader, load_dataset
-    from reslab.distributed import pick_device
-    from reslab.errors import ReslabError
-    from reslab.plots import plot_confusion_matrix
-    from reslab.train import make_splits, resolve_amp
-
     if split not in ("val", "test"):
         raise ReslabError(f"--split: expected val or test, got {split!r}")
     if batch_size < 1:
         raise ReslabError(f"--batch-size: expected a positive batch size, got {batch_size}")
     ckpt = read_checkpoint(checkpoint)
+    if "config" not in ckpt:
+        raise ReslabError(
+            f"checkpoint {ckpt['path']!r}: holds weights only, with no record of the data it was trained on"
+        )
     dev = pick_device(device)
-    model = model_from_checkpoint(ckpt)
-    config = model.reslab_config
+    trained = trained_model(ckpt)
+    config = trained.config
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model.to(dev, memory_format=memory_format)
+    model = trained.model.to(dev, memory_format=memory_format)
     if data is None:
         data = load_dataset(config.dataset, data_dir if data_dir is not None else config.data_dir)
-    splits = make_splits(data, config)
-    if split not in splits:
+    chosen = make_splits(data, config).get(split)
+    if chosen is None:
         raise ReslabError(f"--split val: the run in {ckpt['path']} was trained with --val-size 0, so has no val split")
     loader = BatchLoader(
-        *splits[split],
+        *chosen,
         batch_size=batch_size,
         train=False,
         resize=config.resize,
         device=dev,
         channels_last=config.channels_last,
     )
-    classes = tuple(ckpt["classes"])
-    result = evaluate(model, loader, num_classes=len(classes), amp_dtype=resolve_amp(config.amp, dev))
+    result = evaluate(model, loader, num_classes=len(trained.classes), amp_dtype=resolve_amp(config.amp, dev))
     folder = Path(output) if output is not None else Path(ckpt["path"]).parent
     image = folder / ("confusion_matrix.png" if split == "test" else f"confusion_matrix_{split}.png")
     plot_confusion_matrix(
-        result["confusion"],
-        classes,
+        result.confusion,
+        trained.classes,
         image,
-        title=f"{Path(ckpt['path']).name} on {split}: {100 * result['accuracy']:.2f}%",
+        title=f"{Path(ckpt['path']).name} on {split}: {100 * result.accuracy:.2f}%",
     )
     if not quiet:
         print(
             f"{ckpt['path']} ({ckpt['model_name']}, epoch {ckpt['epoch']}) on the {split} split: "
-            f"accuracy {100 * result['accuracy']:.2f}% ({result['correct']:,} of {result['total']:,})"
+            f"accuracy {100 * result.accuracy:.2f}% ({result.correct:,} of {result.total:,})"
         )
-        print(per_class_table(result["confusion"], classes))
+        print(per_class_table(result.confusion, trained.classes))
         print(f"confusion matrix: {image}")
-    return {**result, "split": split, "classes": classes, "image": image}
+    return CheckpointEval(result=result, split=split, classes=trained.classes, image=image)

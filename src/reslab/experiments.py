@@ -19,15 +19,23 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from reslab.checkpoint import read_checkpoint
 from reslab.config import TrainConfig
+from reslab.data import find_data_dir, load_dataset
 from reslab.errors import ReslabError
-from reslab.machine import describe_machine
+from reslab.models import list_models
+from reslab.plots import ErrorCurve, plot_error_curves
+from reslab.runtime import describe_machine
+from reslab.train import fit
 
 # ----------------------------------------------------------------------------------------------------------------------
 # the harness
@@ -45,6 +53,8 @@ class Run:
     model: str
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     panel: str = ""
+    family: str = ""  # "plain" or "residual" in the degradation experiment
+    depth: int | None = None  # layers with weights, as in the model's name
 
 
 @dataclass
@@ -118,8 +128,6 @@ def compare(
 
 
 def _train_all(runs: list[Run], base_config: TrainConfig, output: Path, data: Any) -> list[RunResult]:
-    from reslab.train import fit
-
     results = []
     for i, run in enumerate(runs):
         print(f"[{i + 1}/{len(runs)}] {run.label}: {run.model} {run.model_kwargs or ''}".rstrip(), flush=True)
@@ -155,16 +163,13 @@ def _resume_or_replace(run_dir: Path, config: TrainConfig) -> str | None:
     """--resume for a run of the experiment: "auto" reuses (or continues, if interrupted) the run already in
     `run_dir` when it was made with the same settings; otherwise the folder, which belongs to the experiment, is
     cleared and the run starts from scratch (None)."""
-    import shutil
-
-    from reslab.checkpoint import read_checkpoint
-
     last = run_dir / "last.pt"
     if not last.is_file():
         return None
     try:
-        saved = read_checkpoint(last)["config"]
-    except ReslabError:
+        # through TrainConfig, so that a field added since the run was made compares as its default
+        saved = TrainConfig.from_dict(read_checkpoint(last)["config"]).to_dict()
+    except (ReslabError, KeyError, TypeError):
         saved = None
     now = config.to_dict()
     if saved is not None and all(saved.get(k) == v for k, v in now.items() if k not in _INCIDENTAL):
@@ -177,8 +182,6 @@ def _resume_or_replace(run_dir: Path, config: TrainConfig) -> str | None:
 
 def write_results(results: Sequence[RunResult], output: str | Path, *, config: TrainConfig, title: str = "") -> None:
     """figure.png, table.md, results.csv and results.json of a finished comparison."""
-    import torch
-
     output = Path(output)
     plot_comparison(results, output / "figure.png", title=title)
     (output / "table.md").write_text(format_table(results) + "\n")
@@ -236,55 +239,17 @@ def format_table(results: Sequence[RunResult]) -> str:
 
 
 def plot_comparison(results: Sequence[RunResult], path: str | Path, *, title: str = "") -> Path:
-    """The paper's Figure 6 style: one panel per group, training error dashed, test error solid, error in %."""
-    from reslab.plots import _pyplot
-
-    plt = _pyplot()
-    panels: dict[str, list[RunResult]] = {}
+    """The paper's Figure 6 style: one panel per `Run.panel`, training error dashed, test error solid."""
+    panels: dict[str, list[ErrorCurve]] = {}
     for r in results:
-        panels.setdefault(r.run.panel, []).append(r)
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(max(7.0, 5.5 * len(panels)), 4.4), sharey=True, layout="constrained", squeeze=False
-    )
-    for ax, (panel, group) in zip(axes[0], panels.items(), strict=True):
-        for i, r in enumerate(group):
-            epochs = [h["epoch"] for h in r.history]
-            color = f"C{i}"
-            # small markers: with a few epochs (or one, in --quick) the points are the data
-            train = [100 * h["train_error"] for h in r.history]
-            ax.plot(epochs, train, "--", color=color, linewidth=1.2, marker=".", markersize=5)
-            test = [
-                (e, 100 * h["test_error"])
-                for e, h in zip(epochs, r.history, strict=True)
-                if h["test_error"] is not None
-            ]
-            xs, ys = [e for e, _ in test], [v for _, v in test]
-            ax.plot(xs, ys, "-", color=color, linewidth=2.2, marker="o", markersize=4, label=r.run.label)
-        ax.set_title(panel)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        last = max(h["epoch"] for r in group for h in r.history)
-        if last <= 12:
-            ax.set_xticks(range(1, last + 1))
-            ax.set_xlim(0.7, last + 0.3)
-        else:
-            ax.xaxis.get_major_locator().set_params(integer=True)
-        # the line styles once, then the networks
-        handles, labels = ax.get_legend_handles_labels()
-        style = [
-            plt.Line2D([], [], color="gray", linestyle="--", linewidth=1.2),
-            plt.Line2D([], [], color="gray", linestyle="-", linewidth=2.2),
-        ]
-        ax.legend(handles + style, labels + ["training error", "test error"], loc="upper right")
-    axes[0][0].set_ylabel("error (%)")
-    if title:
-        import textwrap
-
-        fig.suptitle(textwrap.fill(title, width=int(11 * fig.get_figwidth())))
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        curve = ErrorCurve(
+            r.run.label,
+            [h["epoch"] for h in r.history],
+            [h["train_error"] for h in r.history],
+            [h["test_error"] for h in r.history],
+        )
+        panels.setdefault(r.run.panel, []).append(curve)
+    return plot_error_curves(panels, path, title=title)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -410,15 +375,14 @@ DEFAULT_DEPTHS = {"degradation": (20, 56), "shortcuts": (20,)}
 QUICK = dict(train_subset=256, test_size=256, epochs=1, batch_size=64, threads=1)
 
 
-def _parse_depths(text: str | None, which: str) -> tuple[int, ...]:
+def parse_depths(text: str | None, which: str) -> tuple[int, ...]:
+    """`--depths 20,56` -> (20, 56), checked against the registry and the experiment."""
     if text is None:
         return DEFAULT_DEPTHS[which]
     try:
         depths = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
     except ValueError:
         raise ReslabError(f"--depths: expected comma-separated numbers of layers like 20,56, got {text!r}") from None
-    from reslab.models import list_models
-
     names = set(list_models())
     bad = [d for d in depths if f"resnet{d}" not in names or f"plain{d}" not in names]
     if bad or not depths:
@@ -435,8 +399,8 @@ def _parse_depths(text: str | None, which: str) -> tuple[int, ...]:
 
 
 def degradation_runs(depths: Sequence[int]) -> list[Run]:
-    plain = [Run(f"plain-{d}", f"plain{d}", {}, "plain networks") for d in depths]
-    residual = [Run(f"ResNet-{d}", f"resnet{d}", {}, "residual networks (ResNet)") for d in depths]
+    plain = [Run(f"plain-{d}", f"plain{d}", {}, "plain networks", "plain", d) for d in depths]
+    residual = [Run(f"ResNet-{d}", f"resnet{d}", {}, "residual networks (ResNet)", "residual", d) for d in depths]
     return plain + residual
 
 
@@ -447,7 +411,14 @@ def _epochs(n: int) -> str:
 def shortcut_runs(depth: int) -> list[Run]:
     # A: zero-padded identity (no parameters); B: projections only where the shape changes; C: all projections
     return [
-        Run(f"ResNet-{depth} {o}", f"resnet{depth}", {"shortcut": o}, f"ResNet-{depth}, shortcut options")
+        Run(
+            f"ResNet-{depth} {o}",
+            f"resnet{depth}",
+            {"shortcut": o},
+            f"ResNet-{depth}, shortcut options",
+            "residual",
+            depth,
+        )
         for o in "ABC"
     ]
 
@@ -465,10 +436,12 @@ def run_experiment(
     threads: int | None = None,
 ) -> tuple[list[RunResult], str]:
     """Run 'degradation' or 'shortcuts', write its outputs, print and return (results, verdict text)."""
-    from reslab.data import find_data_dir, load_dataset
-
     if which not in DEFAULT_DEPTHS:
         raise ReslabError(f"experiment: expected one of {', '.join(DEFAULT_DEPTHS)}, got {which!r}")
+    if epochs is not None and epochs < 1:
+        raise ReslabError(f"--epochs: expected a positive number of epochs, got {epochs}")
+    if threads is not None and threads < 1:
+        raise ReslabError(f"--threads: expected a positive number of threads, got {threads}")
     depths = tuple(depths or DEFAULT_DEPTHS[which])
     # --quick writes beside, not over, a real run's outputs
     output = Path(output or Path("runs") / "experiments" / (which + ("-quick" if quick else "")))
@@ -509,8 +482,8 @@ def run_experiment(
     elapsed = time.perf_counter() - t0
 
     if which == "degradation":
-        plain = {int(r.run.model[5:]): r.final_train_error for r in results if r.run.model.startswith("plain")}
-        residual = {int(r.run.model[6:]): r.final_train_error for r in results if r.run.model.startswith("resnet")}
+        plain = {r.run.depth: r.final_train_error for r in results if r.run.family == "plain"}
+        residual = {r.run.depth: r.final_train_error for r in results if r.run.family == "residual"}
         verdict = degradation_verdict(plain, residual).text
     else:
         verdict = shortcuts_verdict(
@@ -525,24 +498,3 @@ def run_experiment(
     print(verdict)
     print(f"\n{len(results)} networks in {elapsed / 60:.1f} min; figure, table and numbers in {output}/")
     return results, verdict
-
-
-def run_experiment_cli(args: Any) -> int:
-    """`reslab experiment WHICH [--depths ...] [--epochs N] [--output DIR] [--quick]`."""
-    if args.epochs is not None and args.epochs < 1:
-        raise ReslabError(f"--epochs: expected a positive number of epochs, got {args.epochs}")
-    threads = getattr(args, "threads", None)
-    if threads is not None and threads < 1:
-        raise ReslabError(f"--threads: expected a positive number of threads, got {threads}")
-    depths = _parse_depths(args.depths, args.which)
-    run_experiment(
-        args.which,
-        depths=depths,
-        epochs=args.epochs,
-        output=args.output,
-        data_dir=args.data_dir,
-        seed=args.seed,
-        quick=args.quick,
-        threads=threads,
-    )
-    return 0

@@ -1,4 +1,5 @@
-"""Figures written to files: training curves and confusion matrices (matplotlib, Agg backend: no display needed).
+"""Figures written to files: training curves, confusion matrices and the experiments' error curves (matplotlib,
+Agg backend: no display needed).
 
 matplotlib is imported inside the functions so that importing reslab stays fast and never touches a display.
 """
@@ -6,12 +7,15 @@ matplotlib is imported inside the functions so that importing reslab stays fast 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot with the Agg backend (files only, no display)."""
     import matplotlib
 
     # Agg before pyplot: a headless machine (CI, ssh, a cluster node) has no display for the default backend.
@@ -39,7 +43,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, *, title: s
     Rows are dicts with `epoch` and any of `train_loss`, `train_acc`, `val_acc`, `test_acc` (fractions in [0, 1]);
     missing or None values are skipped, so a run without a validation split still plots.
     """
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -81,7 +85,7 @@ def plot_confusion_matrix(
     """
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -112,6 +116,70 @@ def plot_confusion_matrix(
     total = int(counts.sum())
     acc = float(np.trace(counts)) / max(total, 1)
     ax.set_title(title or f"confusion matrix: {100 * acc:.2f}% of {total:,} correct")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+@dataclass(frozen=True)
+class ErrorCurve:
+    """One network's training and test error (fractions) per epoch, for `plot_error_curves`."""
+
+    label: str
+    epochs: list[int]
+    train_error: list[float]
+    test_error: list[float | None]
+
+
+def plot_error_curves(panels: dict[str, list[ErrorCurve]], path: str | Path, *, title: str = "") -> Path:
+    """The paper's Figure 6 style: one panel per group, training error dashed, test error solid, error in %.
+
+    Within a panel each curve has its own colour, and the n-th curve of every panel the same colour (plain-20 and
+    ResNet-20 alike).
+    """
+    plt = pyplot()
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(max(7.0, 5.5 * len(panels)), 4.4), sharey=True, layout="constrained", squeeze=False
+    )
+    for ax, (panel, curves) in zip(axes[0], panels.items(), strict=True):
+        for i, c in enumerate(curves):
+            color = f"C{i}"
+            # small markers: with a few epochs (or one, in --quick) the points are the data
+            ax.plot(
+                c.epochs, [100 * e for e in c.train_error], "--", color=color, linewidth=1.2, marker=".", markersize=5
+            )
+            test = [(x, 100 * e) for x, e in zip(c.epochs, c.test_error, strict=True) if e is not None]
+            ax.plot(
+                [x for x, _ in test],
+                [e for _, e in test],
+                "-",
+                color=color,
+                linewidth=2.2,
+                marker="o",
+                markersize=4,
+                label=c.label,
+            )
+        ax.set_title(panel)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        last = max(x for c in curves for x in c.epochs)
+        if last <= 12:
+            ax.set_xticks(range(1, last + 1))
+            ax.set_xlim(0.7, last + 0.3)
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        # the line styles once, then the networks
+        handles, labels = ax.get_legend_handles_labels()
+        style = [
+            plt.Line2D([], [], color="gray", linestyle="--", linewidth=1.2),
+            plt.Line2D([], [], color="gray", linestyle="-", linewidth=2.2),
+        ]
+        ax.legend(handles + style, labels + ["training error", "test error"], loc="upper right")
+    axes[0][0].set_ylabel("error (%)")
+    if title:
+        fig.suptitle(textwrap.fill(title, width=int(11 * fig.get_figwidth())))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

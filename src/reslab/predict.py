@@ -5,6 +5,8 @@ grayscale uint8 like Fashion-MNIST, then the same resize and normalisation as th
 
     from reslab.predict import predict
     predict("runs/resnet20/best.pt", ["shoe.jpg"], topk=3)   # [[("Sneaker", 0.91), ("Sandal", 0.06), ...]]
+
+The checkpoint may also be a TrainedModel from reslab.load_checkpoint.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch import nn
 
+from reslab.checkpoint import TrainedModel, load_checkpoint
+from reslab.data.transforms import prepare_batch
 from reslab.errors import ReslabError
+from reslab.runtime import pick_device
 
 # Fashion-MNIST's own size: images are brought to it first, then resized like the training images were (--resize),
 # so a model trained at 96x96 sees an upsampled 28x28 image, as in training, not a sharper one.
@@ -158,48 +162,26 @@ def _background_level(a: np.ndarray) -> int:
 # the model
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    from reslab.distributed import pick_device  # one place decides what "auto" means, and errors for missing GPUs
-
-    return device if isinstance(device, torch.device) else pick_device(device)
-
-
-def _load(model_or_checkpoint: nn.Module | str | Path, device: torch.device) -> tuple[nn.Module, list[str], dict]:
-    """(model in eval mode on `device`, class names, config dict) from a checkpoint path or a loaded model."""
-    from reslab.checkpoint import load_checkpoint
-
-    if isinstance(model_or_checkpoint, nn.Module):
-        model = model_or_checkpoint
-    else:
-        model = load_checkpoint(model_or_checkpoint, device=device)
-    config = getattr(model, "reslab_config", None) or {}
-    if hasattr(config, "to_dict"):
-        config = config.to_dict()
-    classes = getattr(model, "reslab_classes", None)
-    if classes is None:
-        from reslab.data.fashion_mnist import CLASSES as classes
-    return model.to(device).eval(), list(classes), dict(config)
+def _load(source: TrainedModel | str | Path, device: torch.device) -> TrainedModel:
+    """The TrainedModel from a checkpoint path or a loaded one, in eval mode on `device`."""
+    trained = source if isinstance(source, TrainedModel) else load_checkpoint(source, device=device)
+    trained.model.to(device).eval()
+    return trained
 
 
-def _batch(images: torch.Tensor, model: nn.Module, config: dict, device: torch.device) -> torch.Tensor:
+def _batch(images: torch.Tensor, trained: TrainedModel, device: torch.device) -> torch.Tensor:
     """(N, 28, 28) uint8 -> the model's input: the same normalisation and resize as evaluation (prepare_batch)."""
-    from reslab.data.transforms import prepare_batch
-
-    x = prepare_batch(images.to(device), resize_to=config.get("resize"))  # (N, 1, H, W)
-    in_chans = _in_chans(model)
+    resize = trained.config.resize if trained.config is not None else None
+    x = prepare_batch(images.to(device), resize_to=resize)  # (N, 1, H, W)
+    in_chans = trained.input_size[0]
     if x.shape[1] == 1 and in_chans > 1:  # a model built for RGB input: the gray image on every channel
         x = x.expand(-1, in_chans, -1, -1)
     return x
 
 
-def _in_chans(model: nn.Module) -> int:
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return conv.in_channels if conv is not None else 1
-
-
 @torch.no_grad()
 def predict(
-    model_or_checkpoint: nn.Module | str | Path,
+    checkpoint: TrainedModel | str | Path,
     images: Sequence[str | Path | Any],
     *,
     topk: int = 3,
@@ -208,20 +190,22 @@ def predict(
 ) -> list[list[tuple[str, float]]]:
     """Top-`topk` (class name, probability) pairs for each image, most likely first.
 
-    `model_or_checkpoint` is a checkpoint path (.pt or its run folder) or a model from `load_checkpoint`; `images`
-    are file paths or PIL images. Raises ReslabError on the first unreadable image (see `predict_files` to go on).
+    `checkpoint` is a checkpoint path (.pt or its run folder) or a TrainedModel from `reslab.load_checkpoint`;
+    `images` are file paths or PIL images. Raises ReslabError on the first unreadable image (see `predict_files`
+    to go on).
     """
-    dev = _resolve_device(device)
-    model, classes, config = _load(model_or_checkpoint, dev)
+    dev = pick_device(device)
+    trained = _load(checkpoint, dev)
     batch = torch.stack([load_image(im, invert=invert) for im in images]) if images else None
-    return [] if batch is None else _topk(model, classes, config, batch, topk=topk, device=dev)
+    return [] if batch is None else _topk(trained, batch, topk=topk, device=dev)
 
 
-def _topk(model, classes, config, batch, *, topk: int, device) -> list[list[tuple[str, float]]]:
+def _topk(trained: TrainedModel, batch: torch.Tensor, *, topk: int, device) -> list[list[tuple[str, float]]]:
+    classes = trained.classes
     k = max(1, min(topk, len(classes)))
     out = []
     for chunk in batch.split(256):
-        probs = model(_batch(chunk, model, config, device)).float().softmax(dim=1)
+        probs = trained.model(_batch(chunk, trained, device)).float().softmax(dim=1)
         p, i = probs.topk(k, dim=1)  # (B, k) each
         for row_p, row_i in zip(p.tolist(), i.tolist(), strict=True):
             out.append([(classes[c], q) for q, c in zip(row_p, row_i, strict=True)])
@@ -243,8 +227,8 @@ def predict_files(
     """
     if topk < 1:
         raise ReslabError(f"--topk: expected a positive number of classes, got {topk}")
-    dev = _resolve_device(device)
-    model, classes, config = _load(checkpoint, dev)
+    dev = pick_device(device)
+    trained = _load(checkpoint, dev)
     loaded, failures = [], []
     for p in paths:
         try:
@@ -260,7 +244,7 @@ def predict_files(
             )
         loaded.append((str(p), _like_fashion_mnist(gray, NATIVE_SIZE)))
     if loaded:
-        results = _topk(model, classes, config, torch.stack([t for _, t in loaded]), topk=topk, device=dev)
+        results = _topk(trained, torch.stack([t for _, t in loaded]), topk=topk, device=dev)
         width = max(len(name) for name, _ in loaded)
         for (name, _), pairs in zip(loaded, results, strict=True):
             print(f"{name:<{width}}  " + "  ".join(f"{c} {100 * q:.1f}%" for c, q in pairs))

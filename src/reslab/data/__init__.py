@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from reslab.config import DATASETS
 from reslab.data.dataset import Dataset
 from reslab.data.fashion_mnist import CLASSES, download, find_data_dir, load_fashion_mnist
 from reslab.data.idx import read_idx, write_idx
 from reslab.data.loader import BatchLoader, split_train_val
+from reslab.data.splits import Splits, make_loaders, make_splits
 from reslab.data.synthetic import synthetic_dataset
 from reslab.data.transforms import MEAN, STD, prepare_batch
 from reslab.errors import ReslabError
-
-DATASETS = ("fashion-mnist", "synthetic")
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
@@ -38,11 +38,14 @@ __all__ = [
     "STD",
     "BatchLoader",
     "Dataset",
+    "Splits",
     "download",
     "find_data_dir",
     "load_dataset",
     "load_fashion_mnist",
     "prepare_batch",
+    "make_loaders",
+    "make_splits",
     "read_idx",
     "split_train_val",
     "synthetic_dataset",

@@ -1,0 +1,88 @@
+"""The three splits a run works with: training, validation (held out of the training set) and test."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from reslab.config import TrainConfig
+from reslab.data.dataset import Dataset
+from reslab.data.loader import BatchLoader, split_train_val
+from reslab.errors import ReslabError
+
+Split = tuple[torch.Tensor, torch.Tensor]  # (uint8 images, int64 labels)
+
+# Fashion-MNIST: 5,000 of the 60,000 training images, as many as its test set has per class x 500
+FASHION_MNIST_VAL_SIZE = 5000
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Split
+    val: Split | None  # None with --val-size 0
+    test: Split
+
+    def get(self, name: str) -> Split | None:
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+    def sizes(self) -> str:
+        """'55,000 train, 5,000 val, 10,000 test'."""
+        parts = [(n, s) for n, s in (("train", self.train), ("val", self.val), ("test", self.test)) if s is not None]
+        return ", ".join(f"{len(s[0]):,} {n}" for n, s in parts)
+
+
+def default_val_size(config: TrainConfig, num_train: int) -> int:
+    if config.val_size is not None:
+        return config.val_size
+    return FASHION_MNIST_VAL_SIZE if config.dataset == "fashion-mnist" else num_train // 10
+
+
+def make_splits(data: Dataset, config: TrainConfig) -> Splits:
+    """The validation images are held out of the training set, fixed by `config.seed`; `config.train_subset` then
+    keeps the first N of the rest. The test set only reports: nothing is chosen on it."""
+    train_x, train_y = data.train_images, data.train_labels
+    val = None
+    val_size = default_val_size(config, len(train_x))
+    if val_size > 0:
+        train_x, train_y, val_x, val_y = split_train_val(train_x, train_y, val_size, seed=config.seed)
+        val = (val_x, val_y)
+    if config.train_subset is not None:
+        train_x, train_y = train_x[: config.train_subset], train_y[: config.train_subset]
+    return Splits(train=(train_x, train_y), val=val, test=(data.test_images, data.test_labels))
+
+
+def make_loaders(
+    splits: Splits,
+    config: TrainConfig,
+    *,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    eval_batch_size: int | None = None,
+) -> dict[str, BatchLoader]:
+    """{"train", "val" (if any), "test"} -> BatchLoader as `config` says (augmentation only on "train")."""
+    if len(splits.train[0]) < world_size:
+        raise ReslabError(
+            f"--train-subset: {len(splits.train[0])} training images cannot be shared by {world_size} processes"
+        )
+    common = dict(
+        resize=config.resize, rank=rank, world_size=world_size, device=device, channels_last=config.channels_last
+    )
+    loaders = {
+        "train": BatchLoader(
+            *splits.train,
+            batch_size=config.batch_size,
+            train=True,
+            seed=config.seed,
+            crop_padding=config.crop_padding,
+            hflip=config.hflip,
+            **common,
+        )
+    }
+    eval_batch = eval_batch_size or max(2 * config.batch_size, 256)  # no gradients to keep: twice the batch fits
+    for name in ("val", "test"):
+        split = splits.get(name)
+        if split is not None:
+            loaders[name] = BatchLoader(*split, batch_size=eval_batch, train=False, **common)
+    return loaders

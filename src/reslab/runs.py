@@ -1,0 +1,194 @@
+"""Run folders and the resume policy: which folder a run writes to, which checkpoint it continues from, and the
+files it keeps there: last.pt and best.pt, config.json, metrics.csv, curves.png, confusion_matrix.png.
+
+Decided once, on rank 0, and shared with every rank, so no shared filesystem is needed and a user error stops every
+rank with the same message.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from reslab import distributed as D
+from reslab.checkpoint import EpochProgress, TrainState, copy_checkpoint, read_checkpoint, save_checkpoint
+from reslab.config import TrainConfig
+from reslab.errors import ReslabError
+from reslab.plots import plot_confusion_matrix, plot_curves
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    config: TrainConfig  # the one to train with: a resumed run's own, with the flags given now on top
+    run_dir: Path
+    checkpoint: dict[str, Any] | None  # read_checkpoint()'s dict to resume from, or None for a new run
+
+
+@dataclass
+class RunPosition:
+    """Where a run is; with the model and optimizer, what its checkpoint records."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps in all
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val_acc: float | None = None
+    saved_step: int | None = None  # the step of the last.pt on disk, if any
+    elapsed_before: float = 0.0  # the run's wall time before this fit() call: elapsed_s counts on from it
+
+
+@dataclass(frozen=True)
+class RunCheckpoints:
+    """Writes last.pt (and best.pt) from rank 0; every rank calls it, so that all know which step is on disk."""
+
+    run_dir: Path
+    is_main: bool
+    config: TrainConfig
+    meta: dict[str, Any]  # model_name, model_kwargs, input_size, classes: fixed for the run
+    model: nn.Module  # unwrapped
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    steps_per_epoch: int
+    world_size: int
+
+    def save_last(self, pos: RunPosition, *, step: int, step_in_epoch: int, progress: EpochProgress) -> None:
+        if self.is_main:
+            cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+            state = TrainState(
+                config=self.config.to_dict(),
+                **self.meta,
+                model=self.model.state_dict(),
+                optimizer=self.optimizer.state_dict(),
+                scaler=self.scaler.state_dict() if self.scaler is not None else None,
+                epoch=pos.epoch,
+                step=step,
+                step_in_epoch=step_in_epoch,
+                steps_per_epoch=self.steps_per_epoch,
+                world_size=self.world_size,
+                rng={"torch": torch.get_rng_state(), "cuda": cuda_rng},
+                history=pos.history,
+                best_val_acc=pos.best_val_acc,
+                epoch_progress=progress,
+            )
+            save_checkpoint(state, self.run_dir / "last.pt")
+        pos.saved_step = step
+
+    def copy_to_best(self) -> None:
+        if self.is_main:
+            copy_checkpoint(self.run_dir / "last.pt", self.run_dir / "best.pt")
+
+
+def default_name(config: TrainConfig) -> str:
+    if D.under_torchrun():
+        # every rank and every torchrun restart must agree on the folder, so no clock in the name
+        rid = D.run_id()
+        if rid is None:
+            raise ReslabError(
+                "--name: required under torchrun unless --rdzv-id (or --standalone) is given, so that all "
+                "processes and restarts write to and resume from the same run folder"
+            )
+        return f"{config.model}-{rid}"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name, i = f"{config.model}-{stamp}", 2
+    while (Path(config.output) / name).exists():
+        name, i = f"{config.model}-{stamp}-{i}", i + 1
+    return name
+
+
+def find_resume_checkpoint(config: TrainConfig, *, restarted: bool | None = None) -> tuple[Path, Path | None]:
+    """(run folder, checkpoint to resume or None) for `config`.
+
+    --resume PATH: that checkpoint (a run folder means its last.pt), in its own folder. --resume auto, or a torchrun
+    restart: --output/--name's last.pt if there is one. Otherwise a new run folder, which must not hold a run yet.
+    """
+    if config.resume and config.resume != "auto":
+        p = Path(config.resume)
+        if p.is_dir():
+            p = p / "last.pt"
+        if not p.is_file():
+            raise ReslabError(f"--resume: no checkpoint at {str(p)!r} (expected a last.pt or a run folder)")
+        return p.parent, p
+    if restarted is None:
+        restarted = D.restart_count() > 0
+    auto = config.resume == "auto" or restarted
+    if config.resume == "auto" and config.name is None and not D.under_torchrun():
+        raise ReslabError("--resume auto: needs --name, the run folder under --output to continue")
+    run_dir = Path(config.output) / (config.name or default_name(config))
+    last = run_dir / "last.pt"
+    if last.is_file():
+        if auto:
+            return run_dir, last
+        raise ReslabError(
+            f"--name: {str(run_dir)!r} already holds a run (last.pt); pass --resume auto to continue it, "
+            f"or choose another --name"
+        )
+    return run_dir, None
+
+
+def plan_run(config: TrainConfig, explicit: Collection[str] | None, *, restarted: bool) -> RunPlan:
+    """On rank 0: the config to use, the run folder and the checkpoint to resume (or None).
+
+    `explicit` (the flags given on the command line) makes a resumed run keep its checkpoint's config except for
+    those fields; without it, `config` is used as is.
+    """
+    run_dir, path = find_resume_checkpoint(config, restarted=restarted)
+    if path is None:
+        return RunPlan(config, run_dir, None)
+    ckpt = read_checkpoint(path)
+    if "config" not in ckpt:
+        raise ReslabError(f"--resume: {path} holds weights only, no training state to continue")
+    if explicit is not None:
+        # a resumed run keeps its own settings; only the flags given now override them
+        merged = {**ckpt["config"], **{k: getattr(config, k) for k in explicit}, "resume": config.resume}
+        config = TrainConfig.from_dict(merged)
+    if ckpt["model_name"] != config.model:
+        raise ReslabError(f"--resume: {path} holds a {ckpt['model_name']} but --model is {config.model}")
+    return RunPlan(config, run_dir, ckpt)
+
+
+def decide_run(config: TrainConfig, explicit: Collection[str] | None, dist_info: D.DistInfo) -> RunPlan:
+    """plan_run on rank 0, its answer (or its error) on every rank."""
+    # torchrun counts restarts per node: a healthy node's workers, restarted for another node's failure, see 0
+    restarted = D.all_reduce_sum(torch.tensor([D.restart_count()], device=dist_info.device)).item() > 0
+    decision = None
+    if dist_info.is_main:
+        try:
+            decision = ("ok", plan_run(config, explicit, restarted=restarted))
+        except ReslabError as e:
+            decision = ("error", str(e))
+    decision = D.broadcast_object(decision)
+    if decision[0] == "error":
+        raise ReslabError(decision[1])
+    return decision[1]
+
+
+def write_config(run_dir: Path, config: TrainConfig) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def write_metrics(run_dir: Path, history: Sequence[dict[str, Any]]) -> None:
+    """metrics.csv: one row per finished epoch."""
+    if not history:
+        return
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+
+
+def write_plots(
+    run_dir: Path, history: Sequence[dict[str, Any]], confusion: torch.Tensor | None, classes: Sequence[str]
+) -> None:
+    """curves.png (loss and accuracy per epoch) and confusion_matrix.png (the test split, last epoch)."""
+    if history:
+        plot_curves(history, run_dir / "curves.png", title=run_dir.name)
+    if confusion is not None:
+        plot_confusion_matrix(confusion, classes, run_dir / "confusion_matrix.png")
