@@ -266,7 +266,8 @@ def find_cifar(spec: CifarSpec, data_dir: str | Path | None = None) -> Path | No
 def how_to_get_it(spec: CifarSpec, reason: str) -> str:
     return (
         f"{spec.title} not found (looked in {spec.cache_dir}) {reason}. Get it one of two ways: (1) download "
-        f"{spec.url} ({spec.size_mb} MB) into a folder and pass --data-dir FOLDER or set {ENV_VAR}=FOLDER; (2) run "
+        f"{spec.archive} ({spec.size_mb} MB, {spec.url}) into a folder and pass --data-dir FOLDER or set "
+        f"{ENV_VAR}=FOLDER; (2) run "
         f"the same command again with network access and it is downloaded into {spec.cache_dir}."
     )
 

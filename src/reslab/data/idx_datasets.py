@@ -216,17 +216,17 @@ def verify_bytes(raw: bytes, f: IdxFile, spec: IdxSpec, name: str | Path) -> tup
                 f"data, found {sha256}" + (f" ({whose}, not {spec.title}'s)" if whose else "")
             )
         return array, True
-    whose = _whose(spec, sha256) or (_whose(spec, hashlib.md5(raw).hexdigest()) if is_gz else None)
+    md5 = hashlib.md5(raw).hexdigest() if is_gz else None
+    if f.gz_md5 and md5 == f.gz_md5:
+        return array, True
+    whose = _whose(spec, sha256) or (md5 and _whose(spec, md5))
     if whose:
         raise DataError(f"{name}: this is {whose}, not {spec.title}'s")
     if f.gz_md5 and is_gz:
-        md5 = hashlib.md5(raw).hexdigest()
-        if md5 != f.gz_md5:
-            raise DataError(
-                f"{name}: differs from the official {f.name}.gz: expected MD5 {f.gz_md5}, found {md5} (only the "
-                f"official .gz has a published checksum: a re-compressed copy cannot be told from a damaged one)"
-            )
-        return array, True
+        raise DataError(
+            f"{name}: differs from the official {f.name}.gz: expected MD5 {f.gz_md5}, found {md5} (only the "
+            f"official .gz has a published checksum: a re-compressed copy cannot be told from a damaged one)"
+        )
     return array, False
 
 

@@ -1,4 +1,5 @@
-"""Batches from an in-memory uint8 dataset: seeded shuffling, sharding across processes, batched augmentation.
+"""Batches from a uint8 dataset (in memory, or streamed from image files): seeded shuffling, sharding across
+processes, batched augmentation.
 
 Nothing here keeps hidden state between batches: the order of an epoch is a function of (seed, epoch) and the
 augmentation of a batch a function of (seed, epoch, step, rank). A run resumed at step k of an epoch therefore sees

@@ -125,9 +125,10 @@ def resized_crop(
     """Cut box (top, left, h, w) of each uint8 image, mirror it where `flip`, and resize it to (size, size):
     float32 (B, C, size, size) in [0, 255].
 
-    One `grid_sample` for the batch: bilinear, align_corners=False, which is `F.interpolate` of each box
-    (bilinear, no antialiasing). torchvision resizes with antialiasing; the two differ only when a box is shrunk by
-    more than about 2x (a large box of a large stored image), which a stored size near the model's input avoids.
+    One `grid_sample` for the batch: bilinear, align_corners=False, the sampling grid clamped to the box, which is
+    `F.interpolate` of each cut box (bilinear, no antialiasing). torchvision resizes with antialiasing; the two
+    differ only when a box is shrunk by more than about 2x (a large box of a large stored image), which a stored
+    size near the model's input avoids.
     """
     x = _as_4d(images)
     b, c, height, width = x.shape
@@ -139,7 +140,13 @@ def resized_crop(
     theta[:, 0, 2] = (2 * left + w) / width - 1
     theta[:, 1, 1] = h / height
     theta[:, 1, 2] = (2 * top + h) / height - 1
-    grid = F.affine_grid(theta, [b, c, size, size], align_corners=False)
+    grid = F.affine_grid(theta, [b, c, size, size], align_corners=False)  # (B, size, size, 2): x, y in [-1, 1]
+    # sample no pixel outside the box: at its edges, clamp to the first and last pixel centres (as resizing the cut
+    # box does) rather than blending in the neighbours beyond it
+    for axis, start, length, full in ((0, left, w, width), (1, top, h, height)):
+        lo = ((2 * start + 1) / full - 1)[:, None, None]
+        hi = ((2 * (start + length) - 1) / full - 1)[:, None, None]
+        grid[..., axis] = torch.minimum(torch.maximum(grid[..., axis], lo), hi)
     return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
