@@ -74,9 +74,11 @@ def read_image(path: str | Path, *, image_size: int, in_chans: int = 3) -> torch
                 im = im.convert(mode)
                 w, h = im.size
                 nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
-                im = im.resize((nw, nh), Image.Resampling.BILINEAR)
-                left, top = int(round((nw - s) / 2)), int(round((nh - s) / 2))
-                im = im.crop((left, top, left + s, top + s))
+                if (nw, nh) != (w, h):
+                    im = im.resize((nw, nh), Image.Resampling.BILINEAR)
+                if (nw, nh) != (s, s):
+                    left, top = int(round((nw - s) / 2)), int(round((nh - s) / 2))
+                    im = im.crop((left, top, left + s, top + s))
                 a = np.asarray(im, dtype=np.uint8)
     except Exception as e:  # Pillow's format plugins raise many kinds of error on bad data
         reason = " ".join(f"{type(e).__name__}: {e}".split())
@@ -173,20 +175,26 @@ def _one_thread(_worker_id: int) -> None:
     torch.set_num_threads(1)  # decoding is Pillow's work; torch threads in every worker would only contend
 
 
-def _as_list(batch: list) -> list:
-    return batch
+def _stack(items: list[tuple[torch.Tensor | None, str | None]]) -> tuple[torch.Tensor | None, list[str | None]]:
+    """A batch as one tensor (zeros where a file failed) and the errors, stacked in the worker: one tensor crosses
+    to the main process per batch, not one per image (each costs a shared-memory segment)."""
+    errors = [error for _, error in items]
+    good = [img for img, _ in items if img is not None]
+    if not good:
+        return None, errors
+    return torch.stack([img if img is not None else torch.zeros_like(good[0]) for img, _ in items]), errors
 
 
 def decoded(
     files: ImageFiles, batches: Iterable[Sequence[int]], *, num_workers: int, check_only: bool = False
-) -> Iterator[list[tuple[torch.Tensor | None, str | None]]]:
-    """For each batch of indices, in order: [(image or None, error or None), ...], decoded by `num_workers`
-    processes (0: in this one) a few batches ahead."""
+) -> Iterator[tuple[torch.Tensor | None, list[str | None]]]:
+    """For each batch of indices, in order: (the images stacked, None when none decoded or `check_only`; each
+    file's error or None), decoded by `num_workers` processes (0: in this one) a few batches ahead."""
     loader = DataLoader(
         _Decoder(files, check_only),
         batch_sampler=batches,
         num_workers=num_workers,
-        collate_fn=_as_list,
+        collate_fn=_stack,
         worker_init_fn=_one_thread if num_workers else None,
     )
     yield from loader
@@ -194,11 +202,11 @@ def decoded(
 
 def decode_batches(files: ImageFiles, batches: Iterable[Sequence[int]], *, num_workers: int) -> Iterator[torch.Tensor]:
     """uint8 image batches for the index batches, decoded in worker processes; DataError on a file that fails."""
-    for items in decoded(files, batches, num_workers=num_workers):
-        for _, error in items:
+    for images, errors in decoded(files, batches, num_workers=num_workers):
+        for error in errors:
             if error is not None:
                 raise DataError(error)
-        yield torch.stack([img for img, _ in items])
+        yield images
 
 
 def default_workers(n: int) -> int:
@@ -211,45 +219,33 @@ def _chunks(n: int, size: int) -> list[list[int]]:
     return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
 
-def _decode_all(
-    files: ImageFiles, *, skip_bad: bool, num_workers: int, progress: bool, desc: str
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(the decoded images of the readable files, a mask of which files those are, the unreadable files' paths)."""
-    out = torch.empty(files.shape, dtype=torch.uint8)
+def _read_all(
+    files: ImageFiles, *, check_only: bool, skip_bad: bool, num_workers: int, progress: bool, desc: str
+) -> tuple[torch.Tensor | None, torch.Tensor, list[str]]:
+    """Every file decoded (or, `check_only`, opened and checked) once, with a progress bar: (the images of the
+    readable files, or None when only checked; a mask of which files those are; the unreadable files' paths).
+    An unreadable file is a DataError unless `skip_bad`."""
+    out = None if check_only else torch.empty(files.shape, dtype=torch.uint8)
     ok = torch.ones(len(files), dtype=torch.bool)
     bad = []
     i = 0
     with tqdm(total=len(files), unit="img", desc=desc, file=sys.stderr, disable=not progress) as bar:
-        for items in decoded(files, _chunks(len(files), _DECODE_BATCH), num_workers=num_workers):
-            for img, error in items:
+        for images, errors in decoded(
+            files, _chunks(len(files), _DECODE_BATCH), num_workers=num_workers, check_only=check_only
+        ):
+            for k, error in enumerate(errors):
                 if error is not None:
                     if not skip_bad:
                         raise DataError(error)
-                    ok[i] = False
-                    bad.append(files.paths[i])
-                else:
-                    out[i] = img
-                i += 1
-            bar.update(len(items))
-    return (out[ok] if bad else out), ok, bad
-
-
-def _check_all(files: ImageFiles, *, skip_bad: bool, num_workers: int, progress: bool, desc: str):
-    """(a mask of the files that open as images, the others' paths), for a folder that is streamed."""
-    ok = torch.ones(len(files), dtype=torch.bool)
-    bad = []
-    i = 0
-    with tqdm(total=len(files), unit="img", desc=desc, file=sys.stderr, disable=not progress) as bar:
-        for items in decoded(files, _chunks(len(files), _DECODE_BATCH), num_workers=num_workers, check_only=True):
-            for _, error in items:
-                if error is not None:
-                    if not skip_bad:
-                        raise DataError(error)
-                    ok[i] = False
-                    bad.append(files.paths[i])
-                i += 1
-            bar.update(len(items))
-    return ok, bad
+                    ok[i + k] = False
+                    bad.append(files.paths[i + k])
+            if out is not None and images is not None:
+                out[i : i + len(errors)] = images
+            i += len(errors)
+            bar.update(len(errors))
+    if out is not None and bad:
+        out = out[ok]
+    return out, ok, bad
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -364,13 +360,11 @@ def load_imagefolder(
         files = ImageFiles(tuple(paths), image_size, in_chans, workers)
         labels = torch.tensor(labels, dtype=torch.int64)
         desc = f"{'checking' if streamed else 'decoding'} {split}"
+        images, ok, bad = _read_all(
+            files, check_only=streamed, skip_bad=skip_bad_images, num_workers=workers, progress=progress, desc=desc
+        )
         if streamed:
-            ok, bad = _check_all(files, skip_bad=skip_bad_images, num_workers=workers, progress=progress, desc=desc)
             images = files[ok] if bad else files
-        else:
-            images, ok, bad = _decode_all(
-                files, skip_bad=skip_bad_images, num_workers=workers, progress=progress, desc=desc
-            )
         if bad and len(bad) == len(files):
             raise DataError(f"{folder}: every image of the {split} split is unreadable ({len(bad)}), e.g. {bad[0]}")
         splits[split] = (images, labels[ok] if bad else labels)
