@@ -63,8 +63,8 @@ class BatchLoader:
       Fashion-MNIST recipe and CIFAR's 4-pixel crop (He et al. 2016, section 4.2);
     - `random_resized_crop`: torchvision's RandomResizedCrop (`rrc_scale`, `rrc_ratio`) to `crop_size` (default:
       the stored size), with `hflip`: ImageNet training.
-    Without augmentation, and always when train=False, `crop_size` takes the centre crop (Resize(256) +
-    CenterCrop(224) when the images are stored at 256). Then normalisation with the dataset's per-channel `mean`
+    Otherwise (the padded crop, no augmentation, and always with train=False) `crop_size` takes the centre crop:
+    Resize(256) + CenterCrop(224) for images stored at 256. Then normalisation with the dataset's per-channel `mean`
     and `std` (default Fashion-MNIST's), then `resize`.
 
     train=False: no shuffle, no augmentation, nothing dropped: rank r gets the r-th contiguous shard, and the shards
