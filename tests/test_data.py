@@ -224,7 +224,9 @@ def test_search_order(tmp_path, monkeypatch):
     path_of(cache, "test_labels").unlink()  # an incomplete folder is passed over
     assert find_data_dir(None) == debian
     assert load_fashion_mnist(download=False).source == str(debian)
-    assert find_data_dir(tmp_path / "nowhere") == debian
+    # a folder the user names is used or is an error, never passed over for another copy (issue 11)
+    with pytest.raises(DataError, match="nowhere: no such folder"):
+        find_data_dir(tmp_path / "nowhere")
 
 
 def test_default_cache_is_under_home(tmp_path):
@@ -232,7 +234,7 @@ def test_default_cache_is_under_home(tmp_path):
 
 
 def test_nothing_found(tmp_path):
-    assert find_data_dir(tmp_path / "empty") is None
+    assert find_data_dir(None) is None  # a folder named but lacking the files is an error: tests/test_datasets.py
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -397,7 +399,7 @@ def test_load_dataset_dispatch(good):
     assert load_dataset("synthetic", None).source.startswith("synthetic")
     assert load_dataset("fashion-mnist", str(good)).source == str(good)
     with pytest.raises(ReslabError, match="--dataset"):
-        load_dataset("cifar10", None)
+        load_dataset("imagenet", None)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -26,14 +26,17 @@ def read_bytes(path: str | Path) -> bytes:
         raw = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
-    if not raw.startswith(_GZIP_MAGIC):
-        return raw
+    return decompress(raw, path) if raw.startswith(_GZIP_MAGIC) else raw
+
+
+def decompress(raw: bytes, name: str | Path) -> bytes:
+    """gzip data -> its content; DataError names `name` when it is truncated or corrupt."""
     try:
         return gzip.decompress(raw)
     except EOFError:
-        raise DataError(f"{path}: truncated gzip file (the compressed data ends early; {len(raw):,} bytes)") from None
+        raise DataError(f"{name}: truncated gzip file (the compressed data ends early; {len(raw):,} bytes)") from None
     except (gzip.BadGzipFile, zlib.error, OSError) as e:
-        raise DataError(f"{path}: corrupt gzip data ({e})") from None
+        raise DataError(f"{name}: corrupt gzip data ({e})") from None
 
 
 def parse_idx(data: bytes, *, name: str | Path = "<bytes>", ndim: int | None = None) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Batches from an in-memory uint8 dataset: seeded shuffling, sharding across processes, batched augmentation.
+"""Batches from a uint8 dataset (in memory, or streamed from image files): seeded shuffling, sharding across
+processes, batched augmentation.
 
 Nothing here keeps hidden state between batches: the order of an epoch is a function of (seed, epoch) and the
 augmentation of a batch a function of (seed, epoch, step, rank). A run resumed at step k of an epoch therefore sees
@@ -8,11 +9,22 @@ exactly the batches an uninterrupted run would have, without saving any loader s
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
-from reslab.data.transforms import crop_flip, crop_flip_params, prepare_batch
+from reslab.data.imagefolder import ImageFiles, decode_batches
+from reslab.data.transforms import (
+    MEAN,
+    STD,
+    crop_flip,
+    crop_flip_params,
+    prepare_batch,
+    resize,
+    resized_crop,
+    resized_crop_params,
+    standardize,
+)
 from reslab.errors import ReslabError
 
 
@@ -40,22 +52,33 @@ def split_train_val(
 
 
 class BatchLoader:
-    """Batches of (x float32 (B, 1, H, W) normalised, on `device`; y int64 (B,)) from uint8 images (N, H, W).
+    """Batches of (x float32 (B, C, H, W) normalised, on `device`; y int64 (B,)) from uint8 images (N, H, W)
+    (grayscale, C = 1) or (N, C, H, W).
 
     train=True: each epoch shuffles with (seed, epoch); rank r of `world_size` takes the r-th of `world_size` equal
     shares of the shuffled set (the remainder, < world_size items, is dropped) and the last partial batch is dropped,
     so every rank runs the same number of full steps. A share smaller than one batch becomes a single batch.
-    Augmentation: random crop with `crop_padding` zero padding and random horizontal flips, on the uint8 images
-    before `resize`.
+    Augmentation, on the stored uint8 images, one of:
+    - random crop with `crop_padding` zero padding and random horizontal flips (`hflip`), before `resize`: the
+      Fashion-MNIST recipe and CIFAR's 4-pixel crop (He et al. 2016, section 4.2);
+    - `random_resized_crop`: torchvision's RandomResizedCrop (`rrc_scale`, `rrc_ratio`) to `crop_size` (default:
+      the stored size), with `hflip`: ImageNet training.
+    Otherwise (the padded crop, no augmentation, and always with train=False) `crop_size` takes the centre crop:
+    Resize(256) + CenterCrop(224) for images stored at 256. Then normalisation with the dataset's per-channel `mean`
+    and `std` (default Fashion-MNIST's), then `resize`.
 
     train=False: no shuffle, no augmentation, nothing dropped: rank r gets the r-th contiguous shard, and the shards
     partition the set exactly, so correct/total summed over ranks equals a single-process evaluation. Ranks may
     then run different numbers of steps (by at most one).
+
+    `images` may be `ImageFiles` (a folder too large for memory): the same batches, decoded from disk by
+    `num_workers` processes (default: the ImageFiles' own) a few batches ahead; order and augmentation are the
+    same functions of (seed, epoch, step, rank), so resume is as exact.
     """
 
     def __init__(
         self,
-        images: torch.Tensor,
+        images: torch.Tensor | ImageFiles,
         labels: torch.Tensor,
         *,
         batch_size: int,
@@ -64,23 +87,44 @@ class BatchLoader:
         crop_padding: int = 0,
         hflip: bool = False,
         resize: int | None = None,
+        random_resized_crop: bool = False,
+        rrc_scale: tuple[float, float] = (0.08, 1.0),
+        rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        crop_size: int | None = None,
+        mean: Sequence[float] = (MEAN,),
+        std: Sequence[float] = (STD,),
         rank: int = 0,
         world_size: int = 1,
         device: str | torch.device = "cpu",
         channels_last: bool = False,
+        num_workers: int | None = None,
     ):
-        if images.dtype != torch.uint8 or images.dim() != 3:
-            raise ValueError(f"images must be uint8 (N, H, W), got {images.dtype} {tuple(images.shape)}")
+        if images.dtype != torch.uint8 or images.dim() not in (3, 4):
+            shape = tuple(images.shape)
+            raise ValueError(f"images must be uint8 (N, H, W) or (N, C, H, W), got {images.dtype} {shape}")
         if labels.shape != images.shape[:1]:
             raise ValueError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
         if batch_size < 1 or crop_padding < 0 or not 0 <= rank < world_size:
             raise ValueError(f"bad loader arguments: {batch_size=}, {crop_padding=}, {rank=}, {world_size=}")
+        if random_resized_crop and crop_padding:
+            raise ValueError("random_resized_crop and crop_padding are two different crops: choose one")
+        h, w = images.shape[-2:]
+        if crop_size is not None and not 0 < crop_size <= min(h, w):
+            raise ValueError(f"crop_size must be in [1, {min(h, w)}] for images of {h}x{w}, got {crop_size}")
+        c = 1 if images.dim() == 3 else images.shape[1]
+        if len(mean) not in (1, c) or len(std) != len(mean):
+            raise ValueError(f"mean and std need {c} values (one per channel), got {len(mean)} and {len(std)}")
         self.device = torch.device(device)
-        # the whole set lives on the device once (47 MB for Fashion-MNIST); batches are gathered there
-        self.images = images.to(self.device)
+        self.streamed = isinstance(images, ImageFiles)
+        # an in-memory set lives on the device once (47 MB for Fashion-MNIST); batches are gathered there
+        self.images = images if self.streamed else images.to(self.device)
         self.labels = labels.to(self.device, torch.int64)
+        self.num_workers = (images.num_workers if num_workers is None else num_workers) if self.streamed else 0
         self.train, self.seed, self.rank, self.world_size = train, seed, rank, world_size
         self.crop_padding, self.hflip, self.resize, self.channels_last = crop_padding, hflip, resize, channels_last
+        self.random_resized_crop, self.rrc_scale, self.rrc_ratio = random_resized_crop, rrc_scale, rrc_ratio
+        self.crop_size = crop_size
+        self.mean, self.std = tuple(mean), tuple(std)
         self.epoch = 0
         n = len(images)
         if train:
@@ -105,8 +149,12 @@ class BatchLoader:
     @property
     def input_size(self) -> tuple[int, int, int]:
         """(C, H, W) of the batches this loader yields."""
-        h, w = self.images.shape[1:]
-        return (1, h, w) if self.resize is None else (1, self.resize, self.resize)
+        shape = self.images.shape
+        c = 1 if len(shape) == 3 else shape[1]
+        h, w = shape[-2:]
+        if self.crop_size is not None:
+            h = w = self.crop_size
+        return (c, h, w) if self.resize is None else (c, self.resize, self.resize)
 
     def _indices(self) -> torch.Tensor:
         """This rank's items for the current epoch, in order, on the device."""
@@ -120,17 +168,49 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)
 
+    def _uint8_batches(self, indices: torch.Tensor, step: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(step, uint8 images, labels) of each batch from `step` on: gathered in memory or decoded from disk."""
+        steps = range(step, len(self))
+        chunks = [indices[s * self.batch_size : (s + 1) * self.batch_size] for s in steps]
+        if not self.streamed:
+            for s, idx in zip(steps, chunks, strict=True):
+                yield s, self.images[idx], self.labels[idx]
+            return
+        batches = [idx.tolist() for idx in chunks]
+        decoded = decode_batches(self.images, batches, num_workers=self.num_workers)
+        for s, idx, x in zip(steps, chunks, decoded, strict=True):
+            yield s, x.to(self.device, non_blocking=True), self.labels[idx]
+
     def iter_from(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The current epoch's batches from `step` on: the same tensors as the tail of a full iteration."""
         if not 0 <= step <= len(self):
             raise ValueError(f"step must be in [0, {len(self)}], got {step}")
         indices = self._indices()
+        rrc = self.train and self.random_resized_crop
         augment = self.train and (self.crop_padding > 0 or self.hflip)
-        for s in range(step, len(self)):
-            idx = indices[s * self.batch_size : (s + 1) * self.batch_size]
-            x, y = self.images[idx], self.labels[idx]  # (B, H, W) uint8, (B,)
+        for s, x, y in self._uint8_batches(indices, step):  # x: (B, [C,] H, W) uint8
+            if rrc:
+                g = torch.Generator().manual_seed(_seed("augment", self.seed, self.epoch, s, self.rank))
+                h, w = x.shape[-2:]
+                params = resized_crop_params(
+                    len(x), h, w, scale=self.rrc_scale, ratio=self.rrc_ratio, hflip=self.hflip, generator=g
+                )
+                x = resized_crop(x, *params, size=self.crop_size or h)  # float (B, C, S, S) in [0, 255]
+                x = resize(standardize(x, self.mean, self.std), self.resize)
+                yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
+                continue
             if augment:
                 g = torch.Generator().manual_seed(_seed("augment", self.seed, self.epoch, s, self.rank))
-                top, left, flip = crop_flip_params(len(idx), padding=self.crop_padding, hflip=self.hflip, generator=g)
+                top, left, flip = crop_flip_params(len(x), padding=self.crop_padding, hflip=self.hflip, generator=g)
                 x = crop_flip(x, top, left, flip, padding=self.crop_padding)
-            yield prepare_batch(x, resize_to=self.resize, channels_last=self.channels_last), y
+            yield (
+                prepare_batch(
+                    x,
+                    resize_to=self.resize,
+                    channels_last=self.channels_last,
+                    mean=self.mean,
+                    std=self.std,
+                    crop=self.crop_size,
+                ),
+                y,
+            )
