@@ -1,5 +1,7 @@
 """Checkpoints: atomic writes survive an interrupted save; bad files give clear errors; weights_only loading."""
 
+import os
+
 import pytest
 import torch
 
@@ -8,25 +10,38 @@ from reslab.errors import ReslabError
 
 
 def small_state(value: float) -> dict:
-    return {"format_version": FORMAT_VERSION, "model": {"w": torch.full((1000,), value)}, "history": [{"epoch": 1}]}
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_name": "resnet20",
+        "model_kwargs": {},
+        "input_size": [1, 28, 28],
+        "classes": ["a", "b"],
+        "model": {"w": torch.full((1000,), value)},
+        "history": [{"epoch": 1}],
+    }
 
 
-@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()], ids=["crash", "ctrl-c"])
-def test_an_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch, error):
+@pytest.mark.parametrize(
+    "error, raised",
+    [(OSError(28, "No space left on device"), ReslabError), (KeyboardInterrupt(), KeyboardInterrupt)],
+    ids=["disk-full", "ctrl-c"],
+)
+def test_an_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch, error, raised):
     path = tmp_path / "last.pt"
     save_checkpoint(small_state(1.0), path)
     before = path.read_bytes()
-    real_save = torch.save
+    real_fsync = os.fsync
 
-    def save_half_then_fail(obj, f, *args, **kwargs):
-        real_save(obj, f, *args, **kwargs)
-        f.truncate(f.tell() // 2)  # a torn file, as a crash mid-write would leave
+    def tear_then_fail(fd):
+        os.ftruncate(fd, os.fstat(fd).st_size // 2)  # a torn file, as a crash mid-write would leave
         raise error
 
-    monkeypatch.setattr(torch, "save", save_half_then_fail)
-    with pytest.raises(type(error)):
+    monkeypatch.setattr(os, "fsync", tear_then_fail)
+    with pytest.raises(raised) as e:
         save_checkpoint(small_state(2.0), path)
-    monkeypatch.undo()
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    if raised is ReslabError:  # one line that names the file and says the disk is full
+        assert str(path) in str(e.value) and "no space left on the device" in str(e.value)
     assert path.read_bytes() == before
     assert torch.equal(read_checkpoint(path)["model"]["w"], torch.full((1000,), 1.0))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind

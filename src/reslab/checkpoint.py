@@ -19,10 +19,12 @@ validation accuracy.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import io
 import os
 import pickle
+import re
 import shutil
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from torch import nn
 
 from reslab import __version__
 from reslab.config import TrainConfig
-from reslab.errors import ReslabError
+from reslab.errors import NonFiniteLossError, ReslabError
 from reslab.models import build_model
 from reslab.runtime import pick_device
 
@@ -80,6 +82,7 @@ class TrainState:
     best_val_acc: float | None = None
     epoch_progress: EpochProgress = field(default_factory=EpochProgress)
     preprocess: dict[str, Any] | None = None
+    threads: int | None = None  # CPU threads it was trained with: CPU results are bitwise exact only at the same count
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -120,32 +123,98 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporary files of earlier writes of `path` that were killed mid-write (their process is gone)."""
+    for tmp in path.parent.glob(f".{path.name}.tmp*"):
+        pid = tmp.name.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but is another user's
+        return True
+    return True
+
+
 def _atomic_write(path: Path, write) -> Path:
     """Run `write(file)` on a temporary file next to `path`, then rename it over `path`.
 
     A crash or Ctrl-C at any point leaves either the old file or the new one, never a truncated mix: os.replace is
-    atomic within one filesystem, hence the temporary file in the same folder.
+    atomic within one filesystem, hence the temporary file in the same folder. A full disk or an unwritable folder
+    is a ReslabError naming the path; the previous file is then intact.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(path)
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise ReslabError(f"cannot write {str(path)!r}: {describe_os_error(e)}") from None
         raise
     _fsync_dir(path.parent)
     return path
 
 
+def ensure_folder(folder: Path, *, flag: str) -> Path:
+    """Create `folder` (and its parents) and check that files can be written in it; a ReslabError naming `flag`
+    otherwise (a file in the way, no permission, a read-only or full filesystem)."""
+    folder = Path(folder)
+    for f in (*reversed(folder.parents), folder):
+        if f.exists() and not f.is_dir():
+            raise ReslabError(f"{flag}: {str(f)!r} is a file, not a folder; choose another {flag}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ReslabError(f"{flag}: cannot write in {str(folder)!r}: {describe_os_error(e)}") from None
+    return folder
+
+
+def describe_os_error(e: OSError) -> str:
+    """What an OSError means for the user, in a few words (a full disk is said as such)."""
+    if e.errno == errno.ENOSPC:
+        return "no space left on the device (the previous file, if any, is intact; free some space and resume)"
+    if e.errno == errno.EDQUOT:
+        return "disk quota exceeded (the previous file, if any, is intact)"
+    return e.strerror or str(e)
+
+
+def non_finite_tensors(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors that hold a NaN or an infinity."""
+    return [k for k, t in state_dict.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def save_checkpoint(state: TrainState | dict[str, Any], path: str | Path) -> Path:
-    """Write `state` to `path` atomically (the previous file stays intact if this is interrupted)."""
+    """Write `state` to `path` atomically (the previous file stays intact if this is interrupted).
+
+    A state whose model holds a NaN or an infinity is never written: NonFiniteLossError, the file on disk untouched.
+    """
     d = state.to_dict() if isinstance(state, TrainState) else state
-    return _atomic_write(Path(path), lambda f: torch.save(d, f))
+    bad = non_finite_tensors(d.get("model", {}))
+    if bad:
+        raise NonFiniteLossError(
+            f"not writing {str(path)!r}: {len(bad)} of the model's tensors are not finite "
+            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
+        )
+    # serialised in memory first: torch's own file writer reports a full disk as an opaque RuntimeError, a plain
+    # write as the OSError (ENOSPC) it is
+    buffer = io.BytesIO()
+    torch.save(d, buffer)
+    return _atomic_write(Path(path), lambda f: f.write(buffer.getbuffer()))
 
 
 def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
@@ -177,10 +246,25 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     p = resolve_checkpoint(path)
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found is None:
+            raise ReslabError(
+                f"checkpoint {str(p)!r}: not a reslab checkpoint: not a file written by torch.save, or a damaged one "
+                f"({p.stat().st_size:,} bytes)"
+            ) from None
+        # torch's message advises weights_only=False; that would run whatever code the file holds, so it is not
+        # passed on: reslab never unpickles arbitrary objects
         raise ReslabError(
-            f"checkpoint {str(p)!r}: not a reslab checkpoint (torch.load failed: {first_line[:200]})"
+            f"checkpoint {str(p)!r}: not a reslab checkpoint: it holds pickled Python objects ({found.group(1)}), "
+            "not only tensors and plain values, and reslab does not unpickle those (that could run arbitrary code)"
+        ) from None
+    except OSError as e:
+        raise ReslabError(f"checkpoint {str(p)!r}: cannot read it: {describe_os_error(e)}") from None
+    except Exception:  # torch raises KeyError, RuntimeError, EOFError, ... for files that are not torch.save's
+        raise ReslabError(
+            f"checkpoint {str(p)!r}: not a reslab checkpoint: not a file written by torch.save, or a damaged one "
+            f"({p.stat().st_size:,} bytes)"
         ) from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
         raise ReslabError(f"checkpoint {str(p)!r}: not a reslab checkpoint (no 'format_version' entry)")
@@ -190,6 +274,9 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
             f"checkpoint {str(p)!r}: format version {version!r} was written by a newer reslab "
             f"({ckpt.get('reslab_version', '?')}); this one reads up to version {FORMAT_VERSION}: upgrade reslab"
         )
+    missing = [k for k in MODEL_KEYS if k not in ckpt]
+    if missing:
+        raise ReslabError(f"checkpoint {str(p)!r}: incomplete: it has no {', '.join(map(repr, missing))}")
     ckpt["path"] = str(p)
     return ckpt
 
@@ -216,8 +303,33 @@ class TrainedModel:
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     """The architecture named in `ckpt` with its weights loaded (on the CPU, in eval mode)."""
     model = build_model(ckpt["model_name"], **ckpt["model_kwargs"])
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], what=f"checkpoint {ckpt.get('path', '?')!r}")
     return model.eval()
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], *, what: str) -> None:
+    """model.load_state_dict(strict) with a short summary instead of a screen of keys when they do not match."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state_dict and state_dict[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or shapes:
+
+        def few(names: list[str]) -> str:
+            return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+        parts = [f"{len(missing)} missing ({few(missing)})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected ({few(unexpected)})"] if unexpected else []
+        parts += [f"{len(shapes)} of another shape (checkpoint vs model: {few(shapes)})"] if shapes else []
+        raise ReslabError(
+            f"{what}: its weights do not fit the model it records ({type(model).__name__} "
+            f"with {len(expected)} tensors): {'; '.join(parts)}"
+        )
+    model.load_state_dict(state_dict)
 
 
 def trained_model(ckpt: dict[str, Any]) -> TrainedModel:

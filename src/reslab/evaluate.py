@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from reslab import distributed as D
-from reslab.checkpoint import read_checkpoint, trained_model
+from reslab.checkpoint import ensure_folder, read_checkpoint, trained_model
 from reslab.data import BatchLoader, Dataset, load_dataset, make_splits
 from reslab.errors import ReslabError
 from reslab.plots import plot_confusion_matrix
@@ -111,6 +111,8 @@ def evaluate_checkpoint(
         raise ReslabError(
             f"checkpoint {ckpt['path']!r}: holds weights only, with no record of the data it was trained on"
         )
+    # before the work: an unusable --output is a mistake to report now, not after the evaluation
+    folder = ensure_folder(Path(output) if output is not None else Path(ckpt["path"]).parent, flag="--output")
     dev = pick_device(device)
     trained = trained_model(ckpt)
     config = trained.config
@@ -130,7 +132,6 @@ def evaluate_checkpoint(
         channels_last=config.channels_last,
     )
     result = evaluate(model, loader, num_classes=len(trained.classes), amp_dtype=resolve_amp(config.amp, dev))
-    folder = Path(output) if output is not None else Path(ckpt["path"]).parent
     image = folder / ("confusion_matrix.png" if split == "test" else f"confusion_matrix_{split}.png")
     plot_confusion_matrix(
         result.confusion,

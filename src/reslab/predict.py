@@ -29,6 +29,8 @@ from reslab.runtime import pick_device
 # Fashion-MNIST's own size: images are brought to it first, then resized like the training images were (--resize),
 # so a model trained at 96x96 sees an upsampled 28x28 image, as in training, not a sharper one.
 NATIVE_SIZE = 28
+# an image whose pixels all lie within this many grey levels of each other has nothing in it to classify
+EMPTY_RANGE = 4
 
 _EXIF_ORIENTATION = 0x0112
 _REDUCIBLE = ("L", "LA", "RGB", "RGBA", "I", "F")
@@ -229,13 +231,17 @@ def predict_files(
         raise ReslabError(f"--topk: expected a positive number of classes, got {topk}")
     dev = pick_device(device)
     trained = _load(checkpoint, dev)
-    loaded, failures = [], []
+    loaded, empty, failures = [], [], []
     for p in paths:
         try:
             gray = _read_gray(p, size=NATIVE_SIZE, invert=invert)
         except ReslabError as e:
             failures.append((str(p), str(e)))
             print(f"reslab predict: {e}", file=sys.stderr)
+            continue
+        if int(gray.max()) - int(gray.min()) <= EMPTY_RANGE:
+            # a blank image still gets a confident answer from a classifier; that answer means nothing
+            empty.append(f"{str(p)}  nothing in it: a uniform image (pixel values {gray.min()}..{gray.max()})")
             continue
         if not invert and _background_level(gray) >= 128:
             print(
@@ -248,6 +254,8 @@ def predict_files(
         width = max(len(name) for name, _ in loaded)
         for (name, _), pairs in zip(loaded, results, strict=True):
             print(f"{name:<{width}}  " + "  ".join(f"{c} {100 * q:.1f}%" for c, q in pairs))
+    for line in empty:
+        print(line)
     if failures:
         print(f"reslab predict: {len(failures)} of {len(paths)} images could not be read", file=sys.stderr)
     return failures

@@ -7,10 +7,11 @@ rank with the same message.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,18 @@ import torch
 from torch import nn
 
 from reslab import distributed as D
-from reslab.checkpoint import EpochProgress, TrainState, copy_checkpoint, read_checkpoint, save_checkpoint
+from reslab.checkpoint import (
+    EpochProgress,
+    TrainState,
+    copy_checkpoint,
+    describe_os_error,
+    ensure_folder,
+    non_finite_tensors,
+    read_checkpoint,
+    save_checkpoint,
+)
 from reslab.config import TrainConfig
-from reslab.errors import ReslabError
+from reslab.errors import NonFiniteLossError, ReslabError
 from reslab.plots import plot_confusion_matrix, plot_curves
 
 
@@ -59,6 +69,10 @@ class RunCheckpoints:
     world_size: int
 
     def save_last(self, pos: RunPosition, *, step: int, step_in_epoch: int, progress: EpochProgress) -> None:
+        """Write last.pt for global step `step`; NonFiniteLossError (and nothing written) if the weights are not
+        finite, ReslabError (every rank) if the file cannot be written."""
+        self.check_finite(pos, step)
+        error = None
         if self.is_main:
             cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
             state = TrainState(
@@ -76,9 +90,35 @@ class RunCheckpoints:
                 history=pos.history,
                 best_val_acc=pos.best_val_acc,
                 epoch_progress=progress,
+                threads=torch.get_num_threads(),
             )
-            save_checkpoint(state, self.run_dir / "last.pt")
+            try:
+                save_checkpoint(state, self.run_dir / "last.pt")
+            except ReslabError as e:
+                error = str(e)
+        error = D.broadcast_object(error)  # a full disk on rank 0 stops every rank, with rank 0's message
+        if error is not None:
+            raise ReslabError(error)
         pos.saved_step = step
+
+    def check_finite(self, pos: RunPosition, step: int) -> None:
+        """NonFiniteLossError on every rank if any rank's parameters or buffers hold a NaN or an infinity: a run
+        whose loss stays finite can still diverge (BatchNorm statistics overflow first)."""
+        bad = non_finite_tensors(self.model.state_dict())
+        count = D.all_reduce_sum(torch.tensor([len(bad)], device=next(self.model.parameters()).device)).item()
+        if count:
+            names = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+            raise NonFiniteLossError(
+                f"training diverged: after step {step} (epoch {pos.epoch + 1}) the model holds NaN or infinite "
+                f"values{f' ({names})' if names else ''} although the loss was finite; training stopped, "
+                f"{self.on_disk(pos)}. Try a lower --lr, a longer --warmup-epochs, or --amp off"
+            )
+
+    def on_disk(self, pos: RunPosition) -> str:
+        """What the run's last.pt holds, for a message about a stopped run (it is only ever written finite)."""
+        if pos.saved_step is None:
+            return "no checkpoint had been written yet"
+        return f"{self.run_dir / 'last.pt'} holds step {pos.saved_step}, with finite weights (untouched)"
 
     def copy_to_best(self) -> None:
         if self.is_main:
@@ -132,25 +172,86 @@ def find_resume_checkpoint(config: TrainConfig, *, restarted: bool | None = None
     return run_dir, None
 
 
+# what a checkpoint means: a resumed run cannot change these (the model and data it was trained on, the split, the
+# optimiser whose state it holds); everything else (epochs, lr, schedule, augmentation, speed, ...) may change
+FIXED_ON_RESUME = (
+    "model",
+    "model_kwargs",
+    "zero_init_residual",
+    "dataset",
+    "resize",
+    "val_size",
+    "train_subset",
+    "seed",
+    "opt",
+)
+MAY_CHANGE_ON_RESUME = tuple(
+    f for f in TrainConfig.__dataclass_fields__ if f not in (*FIXED_ON_RESUME, "resume", "progress")
+)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def plan_run(config: TrainConfig, explicit: Collection[str] | None, *, restarted: bool) -> RunPlan:
     """On rank 0: the config to use, the run folder and the checkpoint to resume (or None).
 
     `explicit` (the flags given on the command line) makes a resumed run keep its checkpoint's config except for
-    those fields; without it, `config` is used as is.
+    those fields; without it, `config` is used as is. Refused: changing what the checkpoint means
+    (FIXED_ON_RESUME), and continuing from an older checkpoint over a newer last.pt (give --name for a new folder).
     """
     run_dir, path = find_resume_checkpoint(config, restarted=restarted)
     if path is None:
+        ensure_folder(run_dir, flag="--output")
         return RunPlan(config, run_dir, None)
     ckpt = read_checkpoint(path)
     if "config" not in ckpt:
         raise ReslabError(f"--resume: {path} holds weights only, no training state to continue")
+    saved = TrainConfig.from_dict(ckpt["config"])
     if explicit is not None:
         # a resumed run keeps its own settings; only the flags given now override them
-        merged = {**ckpt["config"], **{k: getattr(config, k) for k in explicit}, "resume": config.resume}
-        config = TrainConfig.from_dict(merged)
+        config = TrainConfig.from_dict(
+            {**saved.to_dict(), **{k: getattr(config, k) for k in explicit}, "resume": config.resume}
+        )
     if ckpt["model_name"] != config.model:
         raise ReslabError(f"--resume: {path} holds a {ckpt['model_name']} but --model is {config.model}")
+    changed = [k for k in FIXED_ON_RESUME if getattr(config, k) != getattr(saved, k)]
+    if changed:
+        was = ", ".join(f"{_flag(k)} {getattr(saved, k)!r}" for k in changed)
+        now = ", ".join(f"{_flag(k)} {getattr(config, k)!r}" for k in changed)
+        raise ReslabError(
+            f"--resume: {path} was trained with {was}; {now} would change what its checkpoint means. Start a new "
+            f"run for that (another --name), or resume without those flags; these may change on resume: "
+            f"{', '.join(map(_flag, MAY_CHANGE_ON_RESUME))}"
+        )
+    if explicit is not None and "name" in explicit and Path(config.output) / config.name != run_dir:
+        run_dir = Path(config.output) / config.name  # continue in a new folder: the old one is left as it is
+        if (run_dir / "last.pt").exists():
+            raise ReslabError(f"--name: {str(run_dir)!r} already holds a run (last.pt); choose another --name")
+    else:
+        _refuse_to_overwrite_newer(path, run_dir, ckpt["step"])
+    ensure_folder(run_dir, flag="--output")
     return RunPlan(config, run_dir, ckpt)
+
+
+def _refuse_to_overwrite_newer(path: Path, run_dir: Path, step: int) -> None:
+    """Continuing from `path` (at `step`) writes run_dir/last.pt: refuse when that file holds later progress."""
+    last = run_dir / "last.pt"
+    if path.resolve() == last.resolve() or not last.exists():
+        return
+    try:
+        newer = read_checkpoint(last)["step"]
+    except ReslabError as e:
+        raise ReslabError(
+            f"--resume: continuing from {path} would overwrite {last}, which cannot be read ({e})"
+        ) from None
+    if newer > step:
+        raise ReslabError(
+            f"--resume: {path} is at step {step} but {last} holds later progress (step {newer}), which continuing "
+            f"here would overwrite; to continue from {path.name} anyway, give a new --name (the run continues in "
+            f"that folder and {run_dir} is left as it is), or resume {run_dir} to continue from step {newer}"
+        )
 
 
 def decide_run(config: TrainConfig, explicit: Collection[str] | None, dist_info: D.DistInfo) -> RunPlan:
@@ -169,16 +270,27 @@ def decide_run(config: TrainConfig, explicit: Collection[str] | None, dist_info:
     return decision[1]
 
 
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """An OSError while writing `path` (a full disk, say) becomes a ReslabError naming it."""
+    try:
+        yield
+    except OSError as e:
+        raise ReslabError(f"cannot write {str(path)!r}: {describe_os_error(e)}") from None
+
+
 def write_config(run_dir: Path, config: TrainConfig) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    path = run_dir / "config.json"
+    with _writing(path):
+        path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
 
 def write_metrics(run_dir: Path, history: Sequence[dict[str, Any]]) -> None:
     """metrics.csv: one row per finished epoch."""
     if not history:
         return
-    with open(run_dir / "metrics.csv", "w", newline="") as f:
+    path = run_dir / "metrics.csv"
+    with _writing(path), open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(history[0]))
         w.writeheader()
         w.writerows(history)
@@ -189,6 +301,8 @@ def write_plots(
 ) -> None:
     """curves.png (loss and accuracy per epoch) and confusion_matrix.png (the test split, last epoch)."""
     if history:
-        plot_curves(history, run_dir / "curves.png", title=run_dir.name)
+        with _writing(run_dir / "curves.png"):
+            plot_curves(history, run_dir / "curves.png", title=run_dir.name)
     if confusion is not None:
-        plot_confusion_matrix(confusion, classes, run_dir / "confusion_matrix.png")
+        with _writing(run_dir / "confusion_matrix.png"):
+            plot_confusion_matrix(confusion, classes, run_dir / "confusion_matrix.png")

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from reslab import distributed as D
-from reslab.checkpoint import EpochProgress, TrainState
+from reslab.checkpoint import EpochProgress, TrainState, model_from_checkpoint
 from reslab.config import TrainConfig
 from reslab.data import Dataset, load_dataset, make_loaders, make_splits
 from reslab.errors import NonFiniteLossError, ReslabError
@@ -78,6 +78,9 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
     plan = decide_run(config, explicit, dist_info)
     config, run_dir = plan.config, plan.run_dir
     say = print if (is_main and config.progress) else (lambda *a, **k: None)
+    if plan.checkpoint is not None and (done := _nothing_to_do(plan.checkpoint, config)):
+        say(done)
+        return _result_of(plan.checkpoint, config, run_dir)
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -111,6 +114,12 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
         other = "" if saved.world_size == world else f"; saved by {saved.world_size} processes, now {world}"
         where = f"epoch {pos.epoch + 1}, step {pos.step} (step {start_step} of the epoch{other})"
         say(f"resuming from {plan.checkpoint['path']} at {where}")
+        if device.type == "cpu" and saved.threads not in (None, torch.get_num_threads()):
+            say(
+                f"note: the run was trained with {saved.threads} CPU threads and continues with "
+                f"{torch.get_num_threads()}: the result can differ in the last bits from a run left alone "
+                f"(pass --threads {saved.threads} for a bitwise exact continuation)"
+            )
     plan = saved = None  # the checkpoint's optimizer state can be large
 
     if is_main:
@@ -158,7 +167,7 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
                 start_step, progress = 0, EpochProgress()
                 images, seconds = images + result.images, seconds + result.seconds
                 if result.stopped == "non_finite":
-                    raise _diverged(result, pos, run_dir, steps)
+                    raise _diverged(result, pos, ckpt)
                 pos.step = result.step
                 if result.step_in_epoch == steps:
                     confusion = _end_epoch(result, pos, ckpt, loaders, amp_dtype, schedule(pos.step), t_start, say)
@@ -171,6 +180,8 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
                         f"{why} in epoch {pos.epoch + 1} (step {result.step_in_epoch} of {steps}): "
                         f"loss {sums.loss_sum / seen:.4f}, train acc {sums.correct / seen:.3f}, {seen / secs:.0f} img/s"
                     )
+                if result.stopped == "interrupt" and pos.epoch >= config.epochs:
+                    break  # Ctrl-C during the very last step: the run is complete, and saved as such
                 if result.stopped is not None:
                     say(f"saved {run_dir / 'last.pt'} at step {pos.step}; continue with --resume {run_dir}")
                     if result.stopped == "interrupt":
@@ -197,6 +208,31 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
         step=pos.step,
         images_per_s=images / seconds if seconds else None,
         confusion=confusion,
+    )
+
+
+def _nothing_to_do(ckpt: dict[str, Any], config: TrainConfig) -> str | None:
+    """Why resuming `ckpt` with `config` would train nothing (then nothing is written), or None."""
+    where = f"{ckpt['path']} is at epoch {ckpt['epoch']}, step {ckpt['step']}"
+    if ckpt["epoch"] >= config.epochs:
+        more = f"--epochs N (N > {ckpt['epoch']})"
+        return f"the run is complete: {where} of {config.epochs} epochs; to train on, resume with {more}"
+    if config.max_steps is not None and ckpt["step"] >= config.max_steps:
+        return f"nothing to do: {where}, already at --max-steps {config.max_steps}; resume with a larger --max-steps"
+    return None
+
+
+def _result_of(ckpt: dict[str, Any], config: TrainConfig, run_dir: Path) -> FitResult:
+    """The FitResult of a run that is already where `config` asks it to be."""
+    history = list(ckpt["history"])
+    return FitResult(
+        completed=ckpt["epoch"] >= config.epochs,
+        run_dir=run_dir,
+        history=history,
+        best_val_acc=ckpt["best_val_acc"],
+        test_acc=history[-1]["test_acc"] if history else None,
+        model=model_from_checkpoint(ckpt),
+        step=ckpt["step"],
     )
 
 
@@ -280,15 +316,10 @@ def _restore(
     return pos, step_in_epoch, progress
 
 
-def _diverged(result: EpochResult, pos: RunPosition, run_dir: Path, steps: int) -> NonFiniteLossError:
-    kept = (
-        f"{run_dir / 'last.pt'} (step {pos.saved_step}) is left untouched as the last good checkpoint"
-        if pos.saved_step is not None
-        else "no checkpoint had been written yet"
-    )
+def _diverged(result: EpochResult, pos: RunPosition, ckpt: RunCheckpoints) -> NonFiniteLossError:
     return NonFiniteLossError(
         f"the loss became {result.bad_loss} at epoch {pos.epoch + 1}, step {result.step + 1} "
-        f"(step {result.step_in_epoch + 1} of the epoch), lr {result.lr:.4g}; training stopped, {kept}. "
+        f"(step {result.step_in_epoch + 1} of the epoch), lr {result.lr:.4g}; training stopped, {ckpt.on_disk(pos)}. "
         f"Try a lower --lr, a longer --warmup-epochs, or --amp off"
     )
 
@@ -306,6 +337,7 @@ def _end_epoch(
     """Evaluate, record, print and checkpoint a finished epoch; returns the test confusion matrix."""
     t0 = time.perf_counter()
     D.broadcast_buffers(ckpt.model)  # one copy of the BatchNorm statistics for evaluation and the checkpoint
+    ckpt.check_finite(pos, pos.step)  # before evaluating: inf BatchNorm statistics would give a meaningless score
     num_classes = len(ckpt.meta["classes"])
     evals = {
         split: evaluate(ckpt.model, loaders[split], num_classes=num_classes, amp_dtype=amp_dtype)
