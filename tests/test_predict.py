@@ -1,4 +1,4 @@
-import time
+import warnings
 
 import numpy as np
 import pytest
@@ -82,14 +82,30 @@ def test_exif_rotation_is_applied(tmp_path):
     assert t[14, 0] < 30 and t[0, 14] > 128 and (t[:, 14] > 128).sum() > (t[14, :] > 128).sum()
 
 
-@pytest.mark.parametrize("ext", ["jpg", "png"])
-def test_very_large_image_is_fast(tmp_path, ext):
-    big = _object_on(0, 200, size=(10000, 10000) if ext == "jpg" else (6000, 6000))
+@pytest.mark.parametrize(("ext", "side", "decoded"), [("jpg", 10000, 1250), ("png", 6000, 6000)])
+def test_very_large_image_is_decoded_small_and_shrunk_before_any_conversion(tmp_path, monkeypatch, ext, side, decoded):
+    big = _object_on(0, 200, size=(side, side))
     Image.fromarray(big).save(tmp_path / f"big.{ext}", **({"quality": 80} if ext == "jpg" else {"compress_level": 1}))
-    t0 = time.perf_counter()
-    t = load_image(tmp_path / f"big.{ext}")
-    assert time.perf_counter() - t0 < 5
+    calls = []  # (method, size of the image it was called on), in order
+    for method in ("reduce", "convert"):
+        real = getattr(Image.Image, method)
+
+        def spy(self, *args, _real=real, _method=method, **kwargs):
+            calls.append((_method, self.size))
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Image.Image, method, spy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t = load_image(tmp_path / f"big.{ext}")
     assert t.shape == (28, 28) and _center_and_corner(t) == (200, 0)
+    # the first thing done to the pixels is an integer shrink, of the JPEG as decoded at 1/8 scale (DCT scaling;
+    # 10000 / 8 = 1250) or of the whole PNG (no reduced decode exists for it)
+    assert calls[0] == ("reduce", (decoded, decoded)), calls
+    # so every conversion (grayscale, alpha) works on at most 2 x 8 x 28 pixels a side, not 10000
+    assert all(max(size) < 2 * 8 * 28 for method, size in calls if method == "convert"), calls
+    # 100M pixels are over Pillow's warning limit (89M); shrunk early, they are not a decompression bomb
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
 def test_decompression_bomb_is_refused_with_a_clear_message(tmp_path, monkeypatch):
