@@ -230,11 +230,22 @@ def test_predict_accepts_a_loaded_model_and_pil_images(checkpoint, images):
     assert [p for _, p in out[0]] == pytest.approx([p for _, p in out[1]])
 
 
-def test_predict_with_a_resized_model(tmp_path, images):
+def test_a_model_trained_at_32_pixels_is_given_the_image_resized_to_32_as_in_evaluation(tmp_path, images):
+    import torch
+
+    from reslab.checkpoint import load_checkpoint
+    from reslab.data.transforms import prepare_batch
     from reslab.predict import predict
 
     ckpt = _make_checkpoint(tmp_path / "r32.pt", resize=32)
-    assert len(predict(ckpt, [images["large"]], topk=1)[0]) == 1
+    model = load_checkpoint(ckpt)
+    image = load_image(images["large"])[None]  # (1, 28, 28)
+    with torch.no_grad():
+        at_32, at_28 = (model(prepare_batch(image, resize_to=r)).softmax(1)[0] for r in (32, None))
+    assert not torch.allclose(at_32, at_28, atol=1e-4)  # resnet20 takes either size: only the numbers tell
+    probs = dict(predict(ckpt, [images["large"]], topk=10)[0])
+    got = torch.tensor([probs[c] for c in model.reslab_classes])
+    assert torch.allclose(got, at_32, atol=1e-5)
 
 
 def test_predict_files_reports_the_unreadable_file_and_predicts_the_others(checkpoint, images, capsys):
