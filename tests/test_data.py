@@ -232,7 +232,7 @@ def test_default_cache_is_under_home(tmp_path):
     assert fm.cache_dir() == tmp_path / "home" / ".cache" / "reslab" / "fashion-mnist"
 
 
-def test_nothing_found(tmp_path):
+def test_no_data_anywhere_is_found_as_none(tmp_path):
     assert find_data_dir(tmp_path / "empty") is None
 
 
@@ -530,7 +530,7 @@ def _crop_flip_reference(images, top, left, flip, padding):
     return torch.stack(out)
 
 
-def test_crop_flip():
+def test_crop_flip_matches_a_per_image_reference():
     images, _ = _ids(6, size=5)
     b = len(images)
     p = 2

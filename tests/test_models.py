@@ -481,7 +481,7 @@ def test_preactivation_blocks_and_final_bn_relu():
         assert torch.allclose(blk(x), x + branch)
 
 
-def test_stems():
+def test_each_stem_has_its_layers_and_output_stride():
     imagenet, cifar, deep = (meta("resnet18", stem=s) for s in ("imagenet", "cifar", "deep"))
     assert imagenet.conv1.kernel_size == (7, 7) and imagenet.conv1.stride == (2, 2)
     assert isinstance(imagenet.maxpool, nn.MaxPool2d)
@@ -508,7 +508,7 @@ def test_resnet_d_average_pool_shortcut_and_timm_names():
         build_model("resnet20", avg_down=True)  # option A has no projection to pool for
 
 
-def test_groups_width_channels_and_classes():
+def test_groups_width_in_chans_and_num_classes_change_the_layers_they_name():
     rx = meta("resnext50_32x4d")
     assert rx.layer1[0].conv2.groups == 32 and rx.layer1[0].conv2.out_channels == 128
     assert meta("wide_resnet50_2").layer1[0].conv2.out_channels == 128

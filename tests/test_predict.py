@@ -272,7 +272,7 @@ def test_predict_files_suggests_invert_for_a_light_background(checkpoint, tmp_pa
     assert "--invert" not in capsys.readouterr().err
 
 
-def test_cli_exit_codes(checkpoint, images, capsys):
+def test_cli_exits_0_when_all_predict_1_when_a_file_is_unreadable_2_on_bad_input(checkpoint, images, capsys):
     from reslab.cli import main
 
     assert main(["predict", str(checkpoint), str(images["rgba"]), "--device", "cpu"]) == 0
