@@ -56,7 +56,7 @@ class Residual(nn.Module):
         out = self.bn2(out)
         if self.conv3 is not None:
             identity = self.conv3(x)
-        out += identity
+        out = out + identity  # as the seeds: under autocast a bf16 branch plus an fp32 input is fp32, not bf16
         out = F.relu(out)
         return out
 
@@ -260,7 +260,7 @@ class PreActBasicBlock(nn.Module):
         out = self.relu(out)
         out = self.conv2(out)
         if self.residual:  # nothing after the addition: the sum is the next block's raw input
-            out += identity
+            out = out + identity  # not in place: under autocast a bf16 branch plus an fp32 input is fp32
         return out
 
 
@@ -319,7 +319,7 @@ class PreActBottleneck(nn.Module):
         out = self.relu(out)
         out = self.conv3(out)
         if self.residual:  # nothing after the addition: the sum is the next block's raw input
-            out += identity
+            out = out + identity  # not in place: under autocast a bf16 branch plus an fp32 input is fp32
         return out
 
 
