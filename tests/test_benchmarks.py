@@ -1,8 +1,13 @@
-"""The benchmark scripts run on tiny settings and name the machine; no figure is asserted (no timed tests)."""
+"""The benchmark scripts run on tiny settings, name the machine, and report consistently; no figure is asserted (no
+timed tests)."""
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -13,16 +18,27 @@ def run_script(*args: str) -> str:
     return out.stdout
 
 
-def test_time_to_accuracy_smoke(tmp_path):
+def test_time_to_accuracy_smoke_saves_the_epochs_it_prints(tmp_path):
     out = run_script("benchmarks/time_to_accuracy.py", "--smoke", "--output", str(tmp_path))
     assert out.startswith("machine: ") and "cores" in out
-    assert (tmp_path / "time_to_accuracy.json").exists()
+    report = json.loads((tmp_path / "time_to_accuracy.json").read_text())
+    printed = [(int(e), float(acc)) for e, acc in re.findall(r"epoch (\d+): test acc ([\d.]+) at", out)]
+    saved = [(row["epoch"], row["test_acc"]) for row in report["epochs"]]
+    assert len(printed) == len(saved) == report["config"]["epochs"] == 2
+    assert printed == [(e, pytest.approx(acc, abs=5e-5)) for e, acc in saved]
+    assert ("NOT reached" in out) == (report["time_to_target_s"] is None)
 
 
-def test_throughput_reports_ratios_against_the_first_mode():
+def test_throughput_ratios_are_each_modes_figures_over_the_first_modes():
     out = run_script("benchmarks/throughput.py", "--steps", "1", "--batch", "4", "--modes", "fp32,bf16+channels_last")
     lines = out.splitlines()
-    assert lines[0].startswith("machine: ")
-    fp32 = next(line for line in lines if line.startswith("fp32 "))
-    assert fp32.split()[2] == "1.00"  # the baseline's ratio to itself
-    assert any(line.startswith("bf16+channels_last") for line in lines)
+    assert lines[0].startswith("machine: ") and lines[1].endswith("ratios against fp32")
+    assert lines[2].split() == ["mode", "train", "img/s", "ratio", "infer", "img/s", "ratio", "peak", "MB", "ratio"]
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[3:]}
+    assert list(rows) == ["fp32", "bf16+channels_last"]
+    base, mode = rows["fp32"], rows["bf16+channels_last"]
+    for col in (0, 2, 4):  # train img/s, infer img/s, peak MB; each is followed by its ratio
+        # the figures are printed as integers, so the ratio lies within what their rounding allows (and its own)
+        low = (mode[col] - 0.5) / (base[col] + 0.5) - 0.005
+        high = (mode[col] + 0.5) / max(base[col] - 0.5, 1e-9) + 0.005
+        assert low <= mode[col + 1] <= high, "\n".join(lines[2:])

@@ -1,4 +1,4 @@
-import time
+import warnings
 
 import numpy as np
 import pytest
@@ -82,14 +82,30 @@ def test_exif_rotation_is_applied(tmp_path):
     assert t[14, 0] < 30 and t[0, 14] > 128 and (t[:, 14] > 128).sum() > (t[14, :] > 128).sum()
 
 
-@pytest.mark.parametrize("ext", ["jpg", "png"])
-def test_very_large_image_is_fast(tmp_path, ext):
-    big = _object_on(0, 200, size=(10000, 10000) if ext == "jpg" else (6000, 6000))
+@pytest.mark.parametrize(("ext", "side", "decoded"), [("jpg", 10000, 1250), ("png", 6000, 6000)])
+def test_very_large_image_is_decoded_small_and_shrunk_before_any_conversion(tmp_path, monkeypatch, ext, side, decoded):
+    big = _object_on(0, 200, size=(side, side))
     Image.fromarray(big).save(tmp_path / f"big.{ext}", **({"quality": 80} if ext == "jpg" else {"compress_level": 1}))
-    t0 = time.perf_counter()
-    t = load_image(tmp_path / f"big.{ext}")
-    assert time.perf_counter() - t0 < 5
+    calls = []  # (method, size of the image it was called on), in order
+    for method in ("reduce", "convert"):
+        real = getattr(Image.Image, method)
+
+        def spy(self, *args, _real=real, _method=method, **kwargs):
+            calls.append((_method, self.size))
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Image.Image, method, spy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t = load_image(tmp_path / f"big.{ext}")
     assert t.shape == (28, 28) and _center_and_corner(t) == (200, 0)
+    # the first thing done to the pixels is an integer shrink, of the JPEG as decoded at 1/8 scale (DCT scaling;
+    # 10000 / 8 = 1250) or of the whole PNG (no reduced decode exists for it)
+    assert calls[0] == ("reduce", (decoded, decoded)), calls
+    # so every conversion (grayscale, alpha) works on at most 2 x 8 x 28 pixels a side, not 10000
+    assert all(max(size) < 2 * 8 * 28 for method, size in calls if method == "convert"), calls
+    # 100M pixels are over Pillow's warning limit (89M); shrunk early, they are not a decompression bomb
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
 def test_decompression_bomb_is_refused_with_a_clear_message(tmp_path, monkeypatch):
@@ -164,7 +180,9 @@ def images(tmp_path_factory):
     rgba = np.zeros((40, 30, 4), np.uint8)
     rgba[..., :3], rgba[8:32, 5:25, 3] = 230, 255
     Image.fromarray(rgba, "RGBA").save(d / "rgba.png")
-    Image.fromarray(_object_on(0, 1)).convert("P").save(d / "palette.png", transparency=0)
+    palette = Image.fromarray(_object_on(0, 1)).convert("P")
+    palette.putpalette([0, 0, 0, 255, 255, 255])  # index 1 is white: a white object, index 0 transparent
+    palette.save(d / "palette.png", transparency=0)
     Image.fromarray(_object_on(255, 30, size=(6000, 4000))).convert("RGB").save(d / "large.jpg", quality=85)
     (d / "notes.png").write_text("not an image")
     return {p.stem: p for p in d.iterdir()}
@@ -214,11 +232,22 @@ def test_predict_accepts_a_loaded_model_and_pil_images(checkpoint, images):
     assert [p for _, p in out[0]] == pytest.approx([p for _, p in out[1]])
 
 
-def test_predict_with_a_resized_model(tmp_path, images):
+def test_a_model_trained_at_32_pixels_is_given_the_image_resized_to_32_as_in_evaluation(tmp_path, images):
+    import torch
+
+    from reslab.checkpoint import load_checkpoint
+    from reslab.data.transforms import prepare_batch
     from reslab.predict import predict
 
     ckpt = _make_checkpoint(tmp_path / "r32.pt", resize=32)
-    assert len(predict(ckpt, [images["large"]], topk=1)[0]) == 1
+    trained = load_checkpoint(ckpt)
+    image = load_image(images["large"])[None]  # (1, 28, 28)
+    with torch.no_grad():
+        at_32, at_28 = (trained.model(prepare_batch(image, resize_to=r)).softmax(1)[0] for r in (32, None))
+    assert not torch.allclose(at_32, at_28, atol=1e-4)  # resnet20 takes either size: only the numbers tell
+    probs = dict(predict(ckpt, [images["large"]], topk=10)[0])
+    got = torch.tensor([probs[c] for c in trained.classes])
+    assert torch.allclose(got, at_32, atol=1e-5)
 
 
 def test_predict_files_reports_the_unreadable_file_and_predicts_the_others(checkpoint, images, capsys):
@@ -245,7 +274,7 @@ def test_predict_files_suggests_invert_for_a_light_background(checkpoint, tmp_pa
     assert "--invert" not in capsys.readouterr().err
 
 
-def test_cli_exit_codes(checkpoint, images, capsys):
+def test_cli_exits_0_when_all_predict_1_when_a_file_is_unreadable_2_on_bad_input(checkpoint, images, capsys):
     from reslab.cli import main
 
     assert main(["predict", str(checkpoint), str(images["rgba"]), "--device", "cpu"]) == 0

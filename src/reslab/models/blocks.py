@@ -48,11 +48,17 @@ class Residual(nn.Module):
         nn.init.zeros_(self.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
+        identity = x
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = F.relu(out)
+        out = self.conv2(out)
+        out = self.bn2(out)
         if self.conv3 is not None:
-            x = self.conv3(x)
-        return F.relu(y + x)
+            identity = self.conv3(x)
+        out = out + identity  # as the seeds: under autocast a bf16 branch plus an fp32 input is fp32, not bf16
+        out = F.relu(out)
+        return out
 
 
 class ShortcutA(nn.Module):
@@ -125,11 +131,18 @@ class BasicBlock(nn.Module):
         nn.init.zeros_(self.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.residual:
-            out += x if self.downsample is None else self.downsample(x)
-        return self.relu(out)
+        identity = x
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = self.relu(out)
+        out = self.conv2(out)
+        out = self.bn2(out)
+        if self.residual:  # a plain network's block (residual=False) has no shortcut to add
+            if self.downsample is not None:
+                identity = self.downsample(x)
+            out += identity
+        out = self.relu(out)
+        return out
 
 
 class Bottleneck(nn.Module):
@@ -174,12 +187,21 @@ class Bottleneck(nn.Module):
         nn.init.zeros_(self.bn3.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.residual:
-            out += x if self.downsample is None else self.downsample(x)
-        return self.relu(out)
+        identity = x
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = self.relu(out)
+        out = self.conv2(out)
+        out = self.bn2(out)
+        out = self.relu(out)
+        out = self.conv3(out)
+        out = self.bn3(out)
+        if self.residual:  # a plain network's block (residual=False) has no shortcut to add
+            if self.downsample is not None:
+                identity = self.downsample(x)
+            out += identity
+        out = self.relu(out)
+        return out
 
 
 class PreActBasicBlock(nn.Module):
@@ -226,12 +248,20 @@ class PreActBasicBlock(nn.Module):
         nn.init.zeros_(self.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # not in place: an identity shortcut still needs the raw x
-        out = x if self.bn1 is None else F.relu(self.bn1(x))
-        shortcut = x if self.downsample is None else self.downsample(out)
+        identity = x
+        out = x
+        if self.bn1 is not None:  # None in the network's first block, which follows the stem's BN-ReLU
+            out = self.bn1(out)
+            out = self.relu(out)  # in place on bn1's output; the raw x is kept for an identity shortcut
+        if self.downsample is not None:
+            identity = self.downsample(out)  # a projection or option A takes the pre-activated input
         out = self.conv1(out)
-        out = self.conv2(self.relu(self.bn2(out)))
-        return out + shortcut if self.residual else out
+        out = self.bn2(out)
+        out = self.relu(out)
+        out = self.conv2(out)
+        if self.residual:  # nothing after the addition: the sum is the next block's raw input
+            out = out + identity  # not in place: under autocast a bf16 branch plus an fp32 input is fp32
+        return out
 
 
 class PreActBottleneck(nn.Module):
@@ -274,12 +304,23 @@ class PreActBottleneck(nn.Module):
         nn.init.zeros_(self.bn3.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x if self.bn1 is None else F.relu(self.bn1(x))
-        shortcut = x if self.downsample is None else self.downsample(out)
+        identity = x
+        out = x
+        if self.bn1 is not None:  # None in the network's first block, which follows the stem's BN-ReLU
+            out = self.bn1(out)
+            out = self.relu(out)  # in place on bn1's output; the raw x is kept for an identity shortcut
+        if self.downsample is not None:
+            identity = self.downsample(out)  # a projection or option A takes the pre-activated input
         out = self.conv1(out)
-        out = self.conv2(self.relu(self.bn2(out)))
-        out = self.conv3(self.relu(self.bn3(out)))
-        return out + shortcut if self.residual else out
+        out = self.bn2(out)
+        out = self.relu(out)
+        out = self.conv2(out)
+        out = self.bn3(out)
+        out = self.relu(out)
+        out = self.conv3(out)
+        if self.residual:  # nothing after the addition: the sum is the next block's raw input
+            out = out + identity  # not in place: under autocast a bf16 branch plus an fp32 input is fp32
+        return out
 
 
 def _split_stride(stride: int, stride_placement: str) -> tuple[int, int]:

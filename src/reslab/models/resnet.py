@@ -167,16 +167,21 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, num_features, H/32, W/32) for ImageNet stems (H/4 for CIFAR's 3 stages)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.relu(x)
+        x = self.maxpool(x)
         for i in range(1, self.num_stages + 1):
             x = getattr(self, f"layer{i}")(x)
         if self.preact:
-            x = self.relu(self.bn_final(x))
+            x = self.bn_final(x)
+            x = self.relu(x)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, num_features, h, w) -> (B, num_classes) logits, or the pooled (B, num_features) if pre_logits."""
-        x = torch.flatten(self.avgpool(x), 1)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -244,7 +249,8 @@ class D2LResNet(nn.Sequential):
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self[6](self[5](x))
+        x = self[5](x)  # AdaptiveAvgPool2d: (B, 512, h, w) -> (B, 512, 1, 1)
+        x = self[6](x)  # Flatten: -> (B, 512)
         return x if pre_logits else self[7](x)
 
 
