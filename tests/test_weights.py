@@ -625,6 +625,24 @@ def test_convert_writes_a_checkpoint_that_load_checkpoint_and_predict_read(tmp_p
     assert line.split()[1] == top
 
 
+def test_reslab_checkpoints_and_plain_state_dicts_convert_too(tmp_path):
+    ref = randomise(AkamasterResNet())
+    akamaster = save_hashed(
+        tmp_path, "resnet20", {"state_dict": {"module." + k: v for k, v in ref.state_dict().items()}}, ".th"
+    )
+    first = convert(akamaster, tmp_path / "r20.pt", "resnet20")
+    # a reslab checkpoint names its architecture, its options and its classes: a new head for 5 classes
+    again = load_pretrained(tmp_path / "r20.pt", num_classes=5)
+    assert again.source["format"] == "reslab" and again.model_kwargs["shortcut_a_pad"] == "both"
+    assert again.classes == [f"class_{i}" for i in range(5)] and again.preprocess == first.preprocess
+    sd = {k: v for k, v in again.model.state_dict().items() if not k.startswith("fc.")}
+    assert all(torch.equal(v, first.model.state_dict()[k]) for k, v in sd.items())
+    # a plain state_dict of a CIFAR model: reslab's names, no classes or preprocessing to carry
+    torch.save(build_architecture("resnet8").state_dict(), tmp_path / "plain.pt")
+    plain = load_pretrained(tmp_path / "plain.pt", "resnet8")
+    assert plain.source["format"] == "reslab" and plain.preprocess is None and plain.classes[0] == "class_0"
+
+
 def test_imagenet_model_predicts_imagenet_class_names(tiny_resnet18, tmp_path):
     out = tmp_path / "r18.pt"
     convert(tiny_resnet18[1], out, "resnet18", model_kwargs=TINY)

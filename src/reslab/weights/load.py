@@ -71,7 +71,7 @@ from reslab.weights.table import (
 )
 
 PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
-TORCH_SUFFIXES = (".pth", ".pt", ".th", ".bin", ".tar", ".ckpt")
+WEIGHT_SUFFIXES = (".pth", ".pt", ".th", ".bin", ".tar", ".ckpt", ".safetensors", ".caffemodel")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")  # in a timm folder
 CLASS_LISTS = {"imagenet": IMAGENET_CLASSES, "cifar10": CIFAR10_CLASSES}
 
@@ -121,7 +121,7 @@ def locate(src: str | Path) -> Located:
 
 
 def _not_found(s: str) -> str:
-    if "/" not in s and not Path(s).suffix.lstrip(".").isalpha():
+    if "/" not in s and Path(s).suffix not in WEIGHT_SUFFIXES:  # meant as a name from the table
         close = nearest_names(s, list(WEIGHTS))
         hint = f"did you mean {', '.join(close)}? " if close else ""
         return f"{s!r}: no such file, and no weights of that name in the table; {hint}`reslab weights` lists them"
@@ -193,6 +193,8 @@ def read_source(loc: Located, source_format: str | None = None) -> Source:
     elif fmt == "torchvision":
         src.notes.append("not a published file reslab knows: torchvision's ImageNet preprocessing assumed")
         src.preprocess, src.classes = TORCHVISION_V1, IMAGENET_CLASSES
+    else:
+        src.notes.append("a plain state_dict: it records no classes and no preprocessing")
     return src
 
 
@@ -221,18 +223,15 @@ def _read_tensors(path: Path) -> Any:
 def _detect(path: Path, obj: Any) -> str:
     if isinstance(obj, dict) and "format_version" in obj and "model" in obj:
         return "reslab"
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        keys = [_strip(k) for k in obj["state_dict"]]
-        if "linear.weight" in keys or path.suffix == ".th":
-            return "akamaster"
-    keys = {_strip(k) for k in _state_dict_of(obj, path)}
-    if path.suffix == ".th" or "linear.weight" in keys:
+    sd = _state_dict_of(obj, path)
+    if path.suffix == ".th" or "linear.weight" in sd:
         return "akamaster"
-    if _timm_config_file(path) is not None or "conv1.0.weight" in keys or path.suffix == ".safetensors":
+    if _timm_config_file(path) is not None or "conv1.0.weight" in sd or path.suffix == ".safetensors":
         return "timm"
-    if "conv1.weight" in keys and "fc.weight" in keys:
-        return "torchvision"
-    return "reslab"
+    conv, fc = sd.get("conv1.weight"), sd.get("fc.weight")
+    if conv is not None and fc is not None and conv.ndim == 4 and conv.shape[1] == 3 and fc.shape[0] == 1000:
+        return "torchvision"  # an ImageNet model in torchvision's names
+    return "reslab"  # a plain state_dict in reslab's names (which are torchvision's)
 
 
 def _strip(key: str) -> str:
