@@ -126,7 +126,7 @@ def _blob(buf: memoryview) -> np.ndarray:
         if number == BLOB_SHAPE and wire == LENGTH:
             shape = [d for n, w, v in fields(value) if n == SHAPE_DIM for d in _packed_varints(w, v)]
         elif number == BLOB_DATA:
-            chunks.append(np.frombuffer(value, dtype="<f4") if wire == LENGTH else np.frombuffer(value, "<f4"))
+            chunks.append(np.frombuffer(value, dtype="<f4"))  # packed (type 2) or one value (type 5)
         elif number == BLOB_DOUBLE_DATA:
             chunks.append(np.frombuffer(value, dtype="<f8").astype(np.float32))
         elif number in BLOB_LEGACY_DIMS and wire == VARINT:
