@@ -16,7 +16,7 @@ LAYERS = [
     {"distributed"},
     {"models", "data", "plots"},
     {"checkpoint"},
-    {"evaluate", "optim"},
+    {"evaluate", "optim", "weights"},
     {"loop"},
     {"runs"},
     {"train"},

@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 # The public API, imported lazily so that `import reslab` and `reslab --help` stay fast (torch loads on first use).
 _API = {
     "list_models": "reslab.models",
-    "build_model": "reslab.models",
+    "build_model": "reslab.weights",  # reslab.models.build_model, plus weights=... (reslab.weights.build_model)
     "fit": "reslab.train",
     "TrainConfig": "reslab.config",
     "load_checkpoint": "reslab.checkpoint",

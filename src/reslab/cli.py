@@ -226,8 +226,14 @@ def _cmd_eval(args) -> int:
 
 def _add_predict(sub):
     p = sub.add_parser("predict", help="top-k classes for image files (PNG, JPEG; any size or mode)")
-    p.add_argument("checkpoint", help="a .pt file written by `reslab train` (or its run folder)")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files; each is made 28x28 grayscale")
+    p.add_argument("checkpoint", help="a .pt file written by `reslab train` or `reslab convert` (or a run folder)")
+    p.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files; each is made what the model expects (28x28 grayscale for Fashion-MNIST models; resized "
+        "and centre-cropped as the checkpoint's preprocessing says for ImageNet, CIFAR and pretrained ones)",
+    )
     p.add_argument("-k", "--topk", type=int, default=3, help="how many classes to show per image (default 3)")
     p.add_argument("--invert", action="store_true", help="invert images first (dark objects on a light background)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
@@ -280,6 +286,70 @@ def _cmd_experiment(args) -> int:
     return 0
 
 
+def _add_weights(sub):
+    p = sub.add_parser(
+        "weights",
+        help="list the pretrained weights reslab knows by name (torchvision, akamaster's CIFAR, Kaiming He's Caffe)",
+        description="Each name can be given to `reslab convert` or reslab.build_model(name, weights=...). Files are "
+        "downloaded once into ~/.cache/reslab/weights (one already in torch's cache, $TORCH_HOME/hub/checkpoints, "
+        "is used from there); 'cached' says where a file is found now.",
+    )
+    p.add_argument("--filter", default="", metavar="TEXT", help="only names (or sources) containing TEXT")
+    return p
+
+
+def _cmd_weights(args) -> int:
+    from reslab.weights.listing import format_weights_table
+
+    print(format_weights_table(args.filter))
+    return 0
+
+
+def _add_convert(sub):
+    p = sub.add_parser(
+        "convert",
+        help="turn weights from torchvision, timm, akamaster, Caffe (or a reslab checkpoint) into a reslab checkpoint",
+        description="Writes a weights-only reslab checkpoint (the architecture, its options, the classes and the "
+        "preprocessing the weights expect) that `reslab eval`, `reslab predict`, `reslab train --pretrained` and "
+        "export read. A different --in-chans adapts the first convolution (in_chans=1 sums its RGB filters); a "
+        "different --num-classes re-initialises the classifier; anything else that does not fit is an error.",
+    )
+    p.add_argument("source", metavar="SRC", help="a name from `reslab weights`, a URL, a file or a timm folder")
+    p.add_argument("--model", default=None, help="the reslab architecture (default: the one the weights name)")
+    p.add_argument(
+        "--from",
+        dest="source_format",
+        choices=["torchvision", "timm", "akamaster", "caffe", "reslab"],
+        default=None,
+        help="the weights' format (default: detected from the name, the file's extension and its keys)",
+    )
+    p.add_argument("--in-chans", type=int, default=None, help="input channels (default: the weights'; 1: grayscale)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes (default: the weights')")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.pt", help="the checkpoint to write")
+    return p
+
+
+def _cmd_convert(args) -> int:
+    for flag, value in (("--in-chans", args.in_chans), ("--num-classes", args.num_classes)):
+        if value is not None and value < 1:
+            raise ReslabError(f"{flag}: expected a positive number, got {value}")
+    from reslab.weights import convert
+
+    pre = convert(
+        args.source,
+        args.output,
+        args.model,
+        in_chans=args.in_chans,
+        num_classes=args.num_classes,
+        source_format=args.source_format,
+    )
+    for line in pre.report:
+        print(line)
+    c, h, w = pre.input_size
+    print(f"wrote {args.output}: {pre.model_name}, {c}x{h}x{w} input, {len(pre.classes)} classes")
+    return 0
+
+
 _SUBCOMMANDS = [  # (declare the flags, run the command)
     (_add_train, _cmd_train),
     (_add_eval, _cmd_eval),
@@ -288,6 +358,8 @@ _SUBCOMMANDS = [  # (declare the flags, run the command)
     (_add_summary, _cmd_summary),
     (_add_experiment, _cmd_experiment),
     (_add_data, _cmd_data),
+    (_add_weights, _cmd_weights),
+    (_add_convert, _cmd_convert),
 ]
 
 # ----------------------------------------------------------------------------------------------------------------------

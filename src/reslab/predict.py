@@ -67,8 +67,11 @@ def load_image(source: str | Path | Any, *, size: int = NATIVE_SIZE, invert: boo
     return _like_fashion_mnist(_read_gray(source, size=size, invert=invert), size)
 
 
-def _read_gray(source: str | Path | Any, *, size: int, invert: bool) -> np.ndarray:
-    """The image as (H, W) uint8 grayscale, alpha composited, inverted if asked, upright, at most ~8x `size`."""
+def _open_image(source: str | Path | Any, *, draft: int | None = None):
+    """(the decoded PIL image, its EXIF orientation or None); ReslabError naming the file on anything unreadable.
+
+    `draft`: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale while staying at least `draft` pixels on each side.
+    """
     name = "<image>" if isinstance(source, Image.Image) else str(source)
     try:
         with warnings.catch_warnings():
@@ -76,8 +79,8 @@ def _read_gray(source: str | Path | Any, *, size: int, invert: bool) -> np.ndarr
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = source if isinstance(source, Image.Image) else Image.open(source)
             orientation = im.getexif().get(_EXIF_ORIENTATION)  # phone photos store their rotation in EXIF
-            # JPEG: decode at 1/2, 1/4 or 1/8 scale while staying at least 8x the target size
-            im.draft(im.mode, (8 * size, 8 * size))
+            if draft:
+                im.draft(im.mode, (draft, draft))
             im.load()
     except FileNotFoundError:
         raise ReslabError(f"cannot read {name!r}: no such file") from None
@@ -93,7 +96,12 @@ def _read_gray(source: str | Path | Any, *, size: int, invert: bool) -> np.ndarr
         ) from None
     except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data: Pillow raises any of these
         raise ReslabError(f"cannot read {name!r}: damaged image data ({e})") from None
+    return im, orientation
 
+
+def _read_gray(source: str | Path | Any, *, size: int, invert: bool) -> np.ndarray:
+    """The image as (H, W) uint8 grayscale, alpha composited, inverted if asked, upright, at most ~8x `size`."""
+    im, orientation = _open_image(source, draft=8 * size)  # at least 8x the target size
     if im.mode == "1":
         im = im.convert("L")
     elif im.mode in ("P", "PA"):  # box-reducing palette indices would mean nothing; the palette may be transparent
@@ -161,6 +169,79 @@ def _background_level(a: np.ndarray) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# natural images (ImageNet, CIFAR, image folders, pretrained weights)
+
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+_MODE = {"rgb": "RGB", "bgr": "RGB", "gray": "L"}
+
+
+def is_natural(preprocess: dict[str, Any] | None) -> bool:
+    return bool(preprocess) and preprocess.get("style") == "natural"
+
+
+def load_natural_image(source: str | Path | Any, preprocess: dict[str, Any]) -> torch.Tensor:
+    """One image file (or PIL image) -> (C, crop, crop) uint8 in the model's channel order, upright.
+
+    As torchvision's ImageClassification on a PIL image: the shorter side resized to preprocess["resize"] (the longer
+    to int(resize * long / short)) with its interpolation, then the centre crop["crop"] x crop, the offsets
+    int(round((size - crop) / 2)) (zero padding where the image is smaller); `normalize_natural` does the rest.
+    """
+    mode = _MODE.get(preprocess.get("channel_order"))
+    if mode is None:
+        raise ReslabError(f"checkpoint preprocess: unknown channel_order {preprocess.get('channel_order')!r}")
+    im, orientation = _open_image(source)  # decoded in full: a reduced JPEG decode would change the pixels
+    if orientation in _TRANSPOSE:
+        im = im.transpose(_TRANSPOSE[orientation])
+    if im.mode.startswith("I") or im.mode == "F":  # 16-bit PNGs: scale, do not clip
+        im = _to_gray(im, background=0)
+    im = im.convert(mode)  # transparency is dropped, as torchvision's loader does
+    resize, crop = preprocess.get("resize"), preprocess.get("crop")
+    if resize:
+        w, h = im.size
+        new = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
+        if new != (w, h):
+            im = im.resize(new, _RESAMPLE.get(preprocess.get("interpolation"), Image.Resampling.BILINEAR))
+    a = np.asarray(im, dtype=np.uint8)
+    t = torch.from_numpy(a.copy()).unsqueeze(0) if a.ndim == 2 else torch.from_numpy(a.copy()).permute(2, 0, 1)
+    if preprocess.get("channel_order") == "bgr":
+        t = t.flip(0)
+    if crop:
+        _, h, w = t.shape
+        if h < crop or w < crop:  # as torchvision's center_crop: pad with zeros first
+            ph, pw = max(crop - h, 0), max(crop - w, 0)
+            t = torch.nn.functional.pad(t, (pw // 2, (pw + 1) // 2, ph // 2, (ph + 1) // 2))
+            _, h, w = t.shape
+        top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+        t = t[:, top : top + crop, left : left + crop]
+    return t.contiguous()
+
+
+def normalize_natural(batch: torch.Tensor, preprocess: dict[str, Any]) -> torch.Tensor:
+    """(N, C, H, W) uint8 -> float: pixels scaled to [0, value_scale], minus the mean, divided by the std."""
+    x = batch.float() * (float(preprocess.get("value_scale", 1.0)) / 255.0)
+    mean = torch.tensor(preprocess["mean"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(preprocess["std"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def _check_natural(trained: TrainedModel) -> dict[str, Any]:
+    p = trained.preprocess
+    channels = {"gray": 1, "rgb": 3, "bgr": 3}.get(p.get("channel_order"))
+    if channels != trained.input_size[0] or len(p["mean"]) != channels:
+        raise ReslabError(
+            f"checkpoint {trained.path or ''}: its preprocessing ({p.get('channel_order')}, {len(p['mean'])} means) "
+            f"does not describe the model's {trained.input_size[0]} input channels"
+        )
+    if not p.get("crop"):  # images of one size make a batch: the model's own input size
+        p = {**p, "crop": trained.input_size[1]}
+    return p
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # the model
 
 
@@ -198,16 +279,25 @@ def predict(
     """
     dev = pick_device(device)
     trained = _load(checkpoint, dev)
-    batch = torch.stack([load_image(im, invert=invert) for im in images]) if images else None
-    return [] if batch is None else _topk(trained, batch, topk=topk, device=dev)
+    if not images:
+        return []
+    if is_natural(trained.preprocess):
+        p = _check_natural(trained)
+        batch = torch.stack([load_natural_image(im, p) for im in images])
+    else:
+        batch = torch.stack([load_image(im, invert=invert) for im in images])
+    return _topk(trained, batch, topk=topk, device=dev)
 
 
 def _topk(trained: TrainedModel, batch: torch.Tensor, *, topk: int, device) -> list[list[tuple[str, float]]]:
+    """Top-k of uint8 images: (N, 28, 28) Fashion-MNIST style, or (N, C, crop, crop) natural ones."""
     classes = trained.classes
     k = max(1, min(topk, len(classes)))
+    natural = is_natural(trained.preprocess)
     out = []
     for chunk in batch.split(256):
-        probs = trained.model(_batch(chunk, trained, device)).float().softmax(dim=1)
+        x = normalize_natural(chunk.to(device), trained.preprocess) if natural else _batch(chunk, trained, device)
+        probs = trained.model(x).float().softmax(dim=1)
         p, i = probs.topk(k, dim=1)  # (B, k) each
         for row_p, row_i in zip(p.tolist(), i.tolist(), strict=True):
             out.append([(classes[c], q) for q, c in zip(row_p, row_i, strict=True)])
@@ -231,6 +321,8 @@ def predict_files(
         raise ReslabError(f"--topk: expected a positive number of classes, got {topk}")
     dev = pick_device(device)
     trained = _load(checkpoint, dev)
+    if is_natural(trained.preprocess):
+        return _predict_natural_files(trained, paths, topk=topk, invert=invert, device=dev)
     loaded, empty, failures = [], [], []
     for p in paths:
         try:
@@ -239,9 +331,8 @@ def predict_files(
             failures.append((str(p), str(e)))
             print(f"reslab predict: {e}", file=sys.stderr)
             continue
-        if int(gray.max()) - int(gray.min()) <= EMPTY_RANGE:
-            # a blank image still gets a confident answer from a classifier; that answer means nothing
-            empty.append(f"{str(p)}  nothing in it: a uniform image (pixel values {gray.min()}..{gray.max()})")
+        if _is_empty(gray):
+            empty.append(_empty_line(p, gray))
             continue
         if not invert and _background_level(gray) >= 128:
             print(
@@ -249,13 +340,55 @@ def predict_files(
                 file=sys.stderr,
             )
         loaded.append((str(p), _like_fashion_mnist(gray, NATIVE_SIZE)))
+    _print_results(trained, loaded, empty, topk=topk, device=dev)
+    if failures:
+        print(f"reslab predict: {len(failures)} of {len(paths)} images could not be read", file=sys.stderr)
+    return failures
+
+
+def _predict_natural_files(trained: TrainedModel, paths, *, topk: int, invert: bool, device) -> list[tuple[str, str]]:
+    p = _check_natural(trained)
+    if invert:
+        print(
+            "reslab predict: note: --invert is for Fashion-MNIST models; this one takes images as they are",
+            file=sys.stderr,
+        )
+    loaded, empty, failures = [], [], []
+    for path in paths:
+        try:
+            image = load_natural_image(path, p)
+        except ReslabError as e:
+            failures.append((str(path), str(e)))
+            print(f"reslab predict: {e}", file=sys.stderr)
+            continue
+        if _is_empty(image):
+            empty.append(_empty_line(path, image))
+        else:
+            loaded.append((str(path), image))
+    _print_results(trained, loaded, empty, topk=topk, device=device)
+    if failures:
+        print(f"reslab predict: {len(failures)} of {len(paths)} images could not be read", file=sys.stderr)
+    return failures
+
+
+def _is_empty(image) -> bool:
+    """All pixels within EMPTY_RANGE grey levels of each other: nothing in the image to classify."""
+    return int(image.max()) - int(image.min()) <= EMPTY_RANGE
+
+
+def _empty_line(path, image) -> str:
+    # a blank image still gets a confident answer from a classifier; that answer means nothing
+    return f"{str(path)}  nothing in it: a uniform image (pixel values {int(image.min())}..{int(image.max())})"
+
+
+def _print_results(
+    trained: TrainedModel, loaded: list[tuple[str, torch.Tensor]], empty: list[str], *, topk: int, device
+) -> None:
+    """One line per image: its name and top-k classes with their probabilities; then the empty images."""
     if loaded:
-        results = _topk(trained, torch.stack([t for _, t in loaded]), topk=topk, device=dev)
+        results = _topk(trained, torch.stack([t for _, t in loaded]), topk=topk, device=device)
         width = max(len(name) for name, _ in loaded)
         for (name, _), pairs in zip(loaded, results, strict=True):
             print(f"{name:<{width}}  " + "  ".join(f"{c} {100 * q:.1f}%" for c, q in pairs))
     for line in empty:
         print(line)
-    if failures:
-        print(f"reslab predict: {len(failures)} of {len(paths)} images could not be read", file=sys.stderr)
-    return failures

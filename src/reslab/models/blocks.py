@@ -16,6 +16,7 @@ from reslab.errors import ReslabError
 
 NormLayer = Callable[[int], nn.Module]
 STRIDE_PLACEMENTS = ("v1.5", "v1")
+SHORTCUT_A_PADS = ("end", "both")
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -64,28 +65,45 @@ class Residual(nn.Module):
 class ShortcutA(nn.Module):
     """Option A of He et al. (2015): a parameter-free shortcut for a block that changes shape.
 
-    Subsamples by `stride` (every other pixel, as a 1x1 convolution of stride 2 would) and appends zero channels up to
-    `out_planes`, as fb.resnet.torch does. A module rather than a lambda, so that models pickle and deep-copy.
+    Subsamples by `stride` (every other pixel, as a 1x1 convolution of stride 2 would) and adds zero channels up to
+    `out_planes`: after the input's channels (pad="end", as fb.resnet.torch does), or half before and half after
+    (pad="both", as akamaster/pytorch_resnet_cifar10 does: `F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4,
+    planes // 4))`). The two hold the same parameters under the same names but put the identity in different
+    channels, so weights trained with one give wrong outputs with the other. A module rather than a lambda, so that
+    models pickle and deep-copy.
     """
 
-    def __init__(self, in_planes: int, out_planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, out_planes: int, stride: int = 1, *, pad: str = "end") -> None:
         super().__init__()
         if out_planes < in_planes:
             raise ReslabError(
                 f"shortcut 'A' can only add channels, but this block goes from {in_planes} to {out_planes}; "
                 "use shortcut='B' or 'C' (a 1x1 projection)"
             )
-        self.in_planes, self.out_planes, self.stride = in_planes, out_planes, stride
+        if pad not in SHORTCUT_A_PADS:
+            raise ReslabError(
+                f"shortcut_a_pad: expected 'end' (zero channels after the input's) or 'both' (half before, half "
+                f"after), got {pad!r}"
+            )
+        if pad == "both" and (out_planes - in_planes) % 2:
+            raise ReslabError(
+                f"shortcut_a_pad='both' needs an even number of new channels, but this block goes from "
+                f"{in_planes} to {out_planes}"
+            )
+        self.in_planes, self.out_planes, self.stride, self.pad = in_planes, out_planes, stride, pad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
             x = x[:, :, :: self.stride, :: self.stride]
-        if self.out_planes > self.in_planes:
-            x = F.pad(x, (0, 0, 0, 0, 0, self.out_planes - self.in_planes))  # (B, in, H, W) -> (B, out, H, W)
+        extra = self.out_planes - self.in_planes
+        if extra:
+            before = extra // 2 if self.pad == "both" else 0
+            x = F.pad(x, (0, 0, 0, 0, before, extra - before))  # (B, in, H, W) -> (B, out, H, W)
         return x
 
     def extra_repr(self) -> str:
-        return f"{self.in_planes}, {self.out_planes}, stride={self.stride}"
+        pad = "" if self.pad == "end" else f", pad={self.pad!r}"
+        return f"{self.in_planes}, {self.out_planes}, stride={self.stride}{pad}"
 
 
 class BasicBlock(nn.Module):

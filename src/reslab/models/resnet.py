@@ -14,6 +14,7 @@ from torch import nn
 from reslab.errors import ReslabError
 from reslab.models.blocks import (
     PREACT_BLOCKS,
+    SHORTCUT_A_PADS,
     BasicBlock,
     Bottleneck,
     NormLayer,
@@ -26,6 +27,7 @@ from reslab.models.blocks import (
 )
 
 STEMS = ("imagenet", "cifar", "deep")
+STEM_POOLS = ("padded", "ceil")
 SHORTCUTS = ("A", "B", "C", "none")
 Block = type[BasicBlock] | type[Bottleneck] | type[PreActBasicBlock] | type[PreActBottleneck]
 
@@ -44,8 +46,12 @@ class ResNet(nn.Module):
       stem_chans        channels out of the stem; default widths[0] (wide ResNets: 16)
       stem              "imagenet": 7x7/2 conv + 3x3/2 max-pool; "cifar": 3x3/1 conv, no pool;
                         "deep": three 3x3 convs (the first /2) + max-pool (ResNet-C, Bag of Tricks 2019)
+      stem_pool         the stem's 3x3/2 max-pool: "padded" (padding 1, torchvision) or "ceil" (no padding, output
+                        size rounded up: Caffe's, so Kaiming He's original ResNet-50/101/152 models)
       shortcut          where the shape changes: "A" zero-padded identity (parameter-free), "B" 1x1 projection
                         (default), "C" projection on every block; "none" drops every shortcut (a plain network)
+      shortcut_a_pad    where option A puts its zero channels: "end" (fb.resnet.torch) or "both" (half before,
+                        half after: akamaster/pytorch_resnet_cifar10's CIFAR models)
       avg_down          ResNet-D shortcut: 2x2 average pool, then a 1x1 conv of stride 1 (needs B or C)
       stride_placement  "v1.5": a bottleneck's stride on its 3x3 conv (torchvision), "v1": on its first 1x1
       groups, width_per_group  ResNeXt (32, 4) and wide ResNets (1, 128)
@@ -62,7 +68,9 @@ class ResNet(nn.Module):
         widths: Sequence[int] = (64, 128, 256, 512),
         stem: str = "imagenet",
         stem_chans: int | None = None,
+        stem_pool: str = "padded",
         shortcut: str = "B",
+        shortcut_a_pad: str = "end",
         avg_down: bool = False,
         stride_placement: str = "v1.5",
         groups: int = 1,
@@ -72,8 +80,10 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         _check_options(layers, widths, in_chans, num_classes, stem, shortcut, avg_down, zero_init_residual)
+        _check_stem_and_padding(stem, stem_pool, shortcut_a_pad)
         self.preact = issubclass(block, PREACT_BLOCKS)
         self.shortcut = shortcut
+        self.shortcut_a_pad = shortcut_a_pad
         self.avg_down = avg_down
         self.groups = groups
         self.base_width = width_per_group
@@ -99,7 +109,14 @@ class ResNet(nn.Module):
             )
         self.bn1 = norm_layer(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.Identity() if stem == "cifar" else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        if stem == "cifar":
+            self.maxpool = nn.Identity()
+        elif stem_pool == "ceil":
+            # Caffe's pooling: no padding, ceil((H - 3) / 2) + 1 outputs; the same size as the padded pool's at even
+            # sizes (112 -> 56) but windows shifted by one pixel, so Caffe-trained weights need it to be exact
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+        else:
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
         for i, (planes, blocks) in enumerate(zip(widths, layers, strict=True)):
             stage = self._make_layer(block, planes, blocks, stride=1 if i == 0 else 2, first_stage=i == 0)
@@ -157,7 +174,7 @@ class ResNet(nn.Module):
         if self.shortcut == "none" or (self.shortcut in ("A", "B") and not changes_shape):
             return None
         if self.shortcut == "A":
-            return ShortcutA(inplanes, out_planes, stride)
+            return ShortcutA(inplanes, out_planes, stride, pad=self.shortcut_a_pad)
         # pre-activation blocks add un-normalised sums, so their projection is a bare conv (fb.resnet.torch)
         norm = [] if self.preact else [self._norm_layer(out_planes)]
         if self.avg_down:  # ResNet-D: average 2x2 windows instead of dropping 3 pixels in 4
@@ -210,6 +227,21 @@ def _check_options(layers, widths, in_chans, num_classes, stem, shortcut, avg_do
         )
     if in_chans < 1 or num_classes < 1:
         raise ReslabError(f"in_chans and num_classes must be positive, got {in_chans} and {num_classes}")
+
+
+def _check_stem_and_padding(stem: str, stem_pool: str, shortcut_a_pad: str) -> None:
+    if stem_pool not in STEM_POOLS:
+        raise ReslabError(
+            f"stem_pool: expected 'padded' (torchvision's 3x3/2 max-pool, padding 1) or 'ceil' (Caffe's: no "
+            f"padding, ceil mode), got {stem_pool!r}"
+        )
+    if stem_pool != "padded" and stem == "cifar":
+        raise ReslabError("stem_pool: the 'cifar' stem has no max-pool; leave stem_pool at 'padded'")
+    if shortcut_a_pad not in SHORTCUT_A_PADS:
+        raise ReslabError(
+            f"shortcut_a_pad: expected 'end' (zero channels after the input's) or 'both' (half before, half after), "
+            f"got {shortcut_a_pad!r}"
+        )
 
 
 class D2LResNet(nn.Sequential):
