@@ -409,3 +409,22 @@ def test_the_issue_s_momentum_nan_is_refused_before_training(tmp_path, capsys):
 def test_the_slow_save_script_is_the_tiny_config(tmp_path):
     # guards the kill test: its child process must train the same tiny run as this module
     assert textwrap.dedent(SLOW_SAVE_RUN).count("{TINY}") == 1
+
+
+def test_the_readme_lists_exactly_the_flags_that_may_change_on_resume():
+    from pathlib import Path
+
+    from reslab.runs import FIXED_ON_RESUME, MAY_CHANGE_ON_RESUME
+
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    fixed, may = readme.split("*A resumed run keeps what its checkpoint means.*")[1].split("These may change:")
+    fixed, may = fixed.split("cannot change")[0], may.split("- *")[0]
+
+    def flags(text):
+        return {f.split("/")[-1].strip("`.)") for f in text.replace(",", " ").split() if f.startswith("`-")}
+
+    def as_flags(names):
+        return {"--" + n.replace("_", "-") for n in names}
+
+    assert flags(may) == as_flags(MAY_CHANGE_ON_RESUME)
+    assert flags(fixed) == as_flags(FIXED_ON_RESUME) - {"--model-kwargs"}
