@@ -97,11 +97,11 @@ def _cmd_data(args) -> int:
 
 
 def _add_train(sub):
-    from reslab.config import RECIPES, default_text
+    from reslab.config import DATASETS, RECIPES, default_text
 
     p = sub.add_parser(
         "train",
-        help="train a model on Fashion-MNIST (the default recipe unless flags say otherwise)",
+        help="train a model: Fashion-MNIST and the default recipe unless flags say otherwise",
         description="Flags left unset take the recipe's value: each flag's help shows the default recipe's value "
         "and, where a recipe changes it, that recipe's (the recipes are in reslab/config.py and the README). "
         "A resumed run keeps its own settings except for the flags given.",
@@ -126,6 +126,15 @@ def _add_train(sub):
     g = p.add_argument_group("model")
     flag(g, "--model", help="model name (see `reslab models`)")
     flag(g, "--zero-init-residual", action="bool", help="start each residual branch at zero (last BN gamma = 0)")
+    flag(
+        g,
+        "--pretrained",
+        metavar="SRC",
+        help="start from these weights: a file, URL or `reslab weights` id; the classifier is re-initialised "
+        "for the dataset's classes and images are normalised as the weights expect",
+        none="random initialisation",
+    )
+    flag(g, "--freeze", choices=["backbone"], help="train only the classifier (a linear probe)", none="train all")
     g = p.add_argument_group("data")
     flag(
         g,
@@ -133,7 +142,41 @@ def _add_train(sub):
         help="folder with the Fashion-MNIST IDX files",
         none="$RESLAB_DATA, ~/.cache/reslab, then Debian's package",
     )
-    flag(g, "--dataset", choices=["fashion-mnist", "synthetic"], help="'synthetic' is a tiny learnable stand-in")
+    flag(
+        g,
+        "--dataset",
+        choices=list(DATASETS),
+        help="imagefolder: --data-dir with one sub-folder per class; 'synthetic' is a tiny learnable stand-in",
+    )
+    flag(
+        g,
+        "--in-chans",
+        type=int,
+        choices=[1, 3],
+        help="imagefolder: decode images as grayscale (1) or RGB (3)",
+        none="RGB, or the pretrained weights'",
+    )
+    flag(
+        g,
+        "--image-size",
+        type=int,
+        help="imagefolder: store images at this square size (shorter side resized, centre cropped)",
+        none="the pretrained weights' resize, else 32",
+    )
+    flag(
+        g,
+        "--crop-size",
+        type=int,
+        help="crop of the stored images the model sees (random in training, the centre one in evaluation)",
+        none="the pretrained weights' crop on an image folder, else the whole image",
+    )
+    flag(g, "--random-resized-crop", action="bool", help="Inception-style random crops of 8-100%% of the image")
+    flag(
+        g,
+        "--skip-bad-images",
+        action="bool",
+        help="imagefolder: leave out unreadable images (counted) instead of stopping",
+    )
     flag(
         g,
         "--val-size",
@@ -151,6 +194,7 @@ def _add_train(sub):
     flag(g, "--lr", type=float, help="peak learning rate for --batch-size images (scaled with world size)")
     flag(g, "--opt", choices=["sgd", "adam", "adamw"], help="optimiser (sgd uses Nesterov momentum)")
     flag(g, "--momentum", type=float, help="SGD momentum, in [0, 1)")
+    flag(g, "--nesterov", action="bool", help="Nesterov momentum for SGD")
     flag(g, "--weight-decay", type=float, help="L2 penalty on conv and linear weights (not on BN or biases)")
     flag(
         g,

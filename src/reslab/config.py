@@ -28,9 +28,16 @@ class TrainConfig:
     model: str = "resnet20"
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # build_model overrides; fit sets in_chans, num_classes
     zero_init_residual: bool = False
+    pretrained: str | None = None  # weights to start from (reslab.weights: a file, URL or table id)
+    freeze: str | None = None  # "backbone": train the classifier only (a linear probe)
     # data
-    dataset: str = "fashion-mnist"  # or "synthetic": a tiny learnable stand-in for tests and smoke runs
+    dataset: str = "fashion-mnist"  # one of DATASETS; "synthetic" is a tiny learnable stand-in for tests
     data_dir: str | None = None
+    in_chans: int | None = None  # imagefolder: decode as 1 (grayscale) or 3 (RGB) channels; None: RGB
+    image_size: int | None = None  # imagefolder: stored square size; None: the pretrained weights' resize, or 32
+    crop_size: int | None = None  # crop of the stored images fed to the model; None: the weights' crop, or none
+    random_resized_crop: bool = False  # Inception-style crop of 8-100% of the image (natural images)
+    skip_bad_images: bool = False  # imagefolder: leave out (and count) unreadable images instead of stopping
     # held out of the training images, fixed by `seed`; the test set only reports. None: 5000 of Fashion-MNIST's
     # 60k, a tenth of a synthetic training set
     val_size: int | None = None
@@ -46,6 +53,7 @@ class TrainConfig:
     lr: float = 0.2  # peak lr for `batch_size` images; multiplied by world_size under DDP (linear scaling rule)
     opt: str = "sgd"
     momentum: float = 0.9
+    nesterov: bool = True
     weight_decay: float = 5e-4
     sched: str = "onecycle"
     warmup_epochs: float = 0.5
@@ -102,6 +110,14 @@ def _validate(c: TrainConfig) -> None:
         ("warmup_epochs", is_number(c.warmup_epochs) and c.warmup_epochs >= 0, "a finite number of epochs >= 0"),
         ("label_smoothing", is_number(c.label_smoothing) and 0 <= c.label_smoothing < 1, "a number in [0, 1)"),
         ("resize", c.resize is None or (is_int(c.resize) and c.resize >= 8), "a size of at least 8 pixels"),
+        ("in_chans", c.in_chans in (None, 1, 3), "1 (grayscale) or 3 (RGB)"),
+        (
+            "image_size",
+            c.image_size is None or (is_int(c.image_size) and c.image_size >= 8),
+            "a size of at least 8 pixels",
+        ),
+        ("crop_size", c.crop_size is None or (is_int(c.crop_size) and c.crop_size >= 8), "a size of at least 8 pixels"),
+        ("freeze", c.freeze in (None, "backbone"), "backbone"),
         ("crop_padding", is_int(c.crop_padding) and c.crop_padding >= 0, "0 or more pixels"),
         ("val_size", c.val_size is None or (is_int(c.val_size) and c.val_size >= 0), "0 or more images"),
         (
@@ -128,6 +144,10 @@ def _validate(c: TrainConfig) -> None:
     for name, ok, expected in checks:
         if not ok:
             raise bad(name, expected)
+    if c.random_resized_crop and c.crop_padding:
+        raise ReslabError(
+            f"--random-resized-crop and --crop-padding {c.crop_padding}: two crops of one image; choose one"
+        )
 
 
 # Named recipes: defaults that flags override. "default" was chosen on the validation split (see README, Training);
@@ -148,6 +168,26 @@ RECIPES: dict[str, dict[str, Any]] = {
         hflip=False,
         label_smoothing=0.0,
         val_size=0,  # the seeds train on all 60k images and report the test set
+    ),
+    # He et al. 2016, section 4.2 (the CIFAR-10 networks): batch 128, SGD momentum 0.9 (not Nesterov), lr 0.1,
+    # weight decay 1e-4, 64k iterations with lr / 10 at 32k and 48k, 4-pixel padded crops and flips, 45k/5k split.
+    # In whole epochs: 45,000 // 128 = 351 steps per epoch, 182 epochs = 63,882 steps, lr / 10 at 31,941 and 47,911.
+    "paper-cifar": dict(
+        dataset="cifar10",
+        model="resnet20",
+        batch_size=128,
+        opt="sgd",
+        lr=0.1,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=1e-4,
+        sched="step",
+        warmup_epochs=0.0,
+        epochs=182,
+        crop_padding=4,
+        hflip=True,
+        label_smoothing=0.0,
+        val_size=5000,
     ),
 }
 

@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -83,13 +83,15 @@ def train_one_epoch(
     ckpt_interval: int = 0,
     save: Callable[[int, int, EpochProgress], None] | None = None,
     bar_desc: str | None = None,
+    frozen: Sequence[nn.Module] = (),
 ) -> EpochResult:
     """Train `model` on the rest of epoch `epoch` of `loader`, from `start_step` (global step `step`).
 
     `schedule(step)` is the learning rate of each optimizer step. Every `ckpt_interval` global steps inside the epoch,
     `save(step, step_in_epoch, progress)` is called (all ranks). `progress` carries the running sums of an epoch
     resumed mid-way. `bar_desc` shows a progress bar with that title on stderr. The loop stops early, at a step
-    boundary, on Ctrl-C, at `max_steps`, or before applying a step whose loss is not finite.
+    boundary, on Ctrl-C, at `max_steps`, or before applying a step whose loss is not finite. `frozen` modules stay
+    in eval mode (a frozen backbone's BatchNorm keeps its statistics).
     """
     device = loader.device
     world = D.world_size()
@@ -117,6 +119,8 @@ def train_one_epoch(
         return EpochProgress(loss_sum=loss_total, correct=correct_total, seen=seen, train_time=elapsed)
 
     model.train()
+    for module in frozen:
+        module.eval()
     loader.set_epoch(epoch)
     t0 = shown = time.perf_counter()
     for x, y in loader.iter_from(start_step):

@@ -75,7 +75,9 @@ def build_optimizer(model: nn.Module, config: TrainConfig, *, lr: float) -> torc
         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
     ]
     if config.opt == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=config.momentum > 0)
+        return torch.optim.SGD(
+            groups, lr=lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0
+        )
     if config.opt == "adam":
         return torch.optim.Adam(groups, lr=lr)
     return torch.optim.AdamW(groups, lr=lr)

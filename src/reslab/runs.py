@@ -125,6 +125,58 @@ class RunCheckpoints:
             copy_checkpoint(self.run_dir / "last.pt", self.run_dir / "best.pt")
 
 
+def nothing_to_do(ckpt: dict[str, Any], config: TrainConfig) -> str | None:
+    """Why resuming `ckpt` with `config` would train nothing (then nothing is written), or None."""
+    where = f"{ckpt['path']} is at epoch {ckpt['epoch']}, step {ckpt['step']}"
+    if ckpt["epoch"] >= config.epochs:
+        more = f"--epochs N (N > {ckpt['epoch']})"
+        return f"the run is complete: {where} of {config.epochs} epochs; to train on, resume with {more}"
+    if config.max_steps is not None and ckpt["step"] >= config.max_steps:
+        return f"nothing to do: {where}, already at --max-steps {config.max_steps}; resume with a larger --max-steps"
+    return None
+
+
+def restore(
+    saved: TrainState,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    device: torch.device,
+    steps: int,
+    world: int,
+    is_main: bool,
+) -> tuple[RunPosition, int, EpochProgress]:
+    """Load a checkpoint's state; returns (the position, the step in the current epoch to start at, its sums)."""
+    model.load_state_dict(saved.model)
+    optimizer.load_state_dict(saved.optimizer)
+    if scaler is not None and saved.scaler is not None:
+        scaler.load_state_dict(saved.scaler)
+    torch.set_rng_state(saved.rng["torch"])
+    cuda_states = saved.rng.get("cuda")
+    if device.type == "cuda" and cuda_states is not None and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+    progress = saved.epoch_progress
+    pos = RunPosition(
+        epoch=saved.epoch,
+        history=list(saved.history),
+        best_val_acc=saved.best_val_acc,
+        saved_step=saved.step,
+        # time between the stop and the resume is not counted; the stopped epoch's training time is
+        elapsed_before=(saved.history[-1]["elapsed_s"] if saved.history else 0.0) + progress.train_time,
+    )
+    step_in_epoch = saved.step_in_epoch
+    if saved.world_size == world and saved.steps_per_epoch == steps:
+        pos.step = saved.step
+    else:
+        # another world size (or batch size) gives another number of steps per epoch: continue at the same fraction
+        # of the epoch; the running sums still count the images already seen
+        step_in_epoch = min(steps, round(step_in_epoch * steps / saved.steps_per_epoch))
+        pos.step = pos.epoch * steps + step_in_epoch
+    if not is_main:
+        progress = EpochProgress()  # rank 0 carries the sums over all ranks
+    return pos, step_in_epoch, progress
+
+
 def default_name(config: TrainConfig) -> str:
     if D.under_torchrun():
         # every rank and every torchrun restart must agree on the folder, so no clock in the name
@@ -178,7 +230,12 @@ FIXED_ON_RESUME = (
     "model",
     "model_kwargs",
     "zero_init_residual",
+    "pretrained",
+    "freeze",
     "dataset",
+    "in_chans",
+    "image_size",
+    "crop_size",
     "resize",
     "val_size",
     "train_subset",

@@ -33,10 +33,20 @@ from reslab.config import TrainConfig
 from reslab.data import Dataset, load_dataset, make_loaders, make_splits
 from reslab.errors import NonFiniteLossError, ReslabError
 from reslab.evaluate import evaluate
+from reslab.finetune import folder_options, freeze_backbone, input_pipeline, pretrained_model, weights_preprocess
 from reslab.loop import EpochResult, StopRequest, train_one_epoch
 from reslab.models import build_model
 from reslab.optim import Schedule, build_optimizer
-from reslab.runs import RunCheckpoints, RunPosition, decide_run, write_config, write_metrics, write_plots
+from reslab.runs import (
+    RunCheckpoints,
+    RunPosition,
+    decide_run,
+    nothing_to_do,
+    restore,
+    write_config,
+    write_metrics,
+    write_plots,
+)
 from reslab.runtime import amp_name, amp_warning, configure_device, resolve_amp
 
 
@@ -78,7 +88,7 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
     plan = decide_run(config, explicit, dist_info)
     config, run_dir = plan.config, plan.run_dir
     say = print if (is_main and config.progress) else (lambda *a, **k: None)
-    if plan.checkpoint is not None and (done := _nothing_to_do(plan.checkpoint, config)):
+    if plan.checkpoint is not None and (done := nothing_to_do(plan.checkpoint, config)):
         say(done)
         return _result_of(plan.checkpoint, config, run_dir)
 
@@ -89,28 +99,36 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
         say(f"warning: {warning}")
     torch.manual_seed(config.seed)
 
+    # what the model expects of an image: the checkpoint's record when resuming, else the pretrained weights'
+    resuming = plan.checkpoint is not None
+    preprocess = plan.checkpoint.get("preprocess") if resuming else weights_preprocess(config)
     if data is None:
-        data = _load_data(config, dist_info)
+        data = _load_data(config, dist_info, folder_options(config, preprocess))
     splits = make_splits(data, config)
-    loaders = make_loaders(splits, config, device=device, rank=dist_info.rank, world_size=world)
+    mean, std, crop = input_pipeline(config, data, preprocess)
+    loaders = make_loaders(
+        splits, config, mean=mean, std=std, crop_size=crop, device=device, rank=dist_info.rank, world_size=world
+    )
     steps = len(loaders["train"])
-    model, train_model, model_kwargs = _make_model(config, data.classes, dist_info, say)
+    model, train_model, model_kwargs, frozen = _make_model(config, data, dist_info, say, pretrained=not resuming)
     amp_dtype = resolve_amp(config.amp, device)
     schedule = Schedule.for_run(config, steps_per_epoch=steps, world_size=world)
     optimizer = build_optimizer(model, config, lr=schedule.peak_lr)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    _, h, w = loaders["train"].input_size
     meta = {
         "model_name": config.model,
         "model_kwargs": model_kwargs,
         "input_size": list(loaders["train"].input_size),
         "classes": list(data.classes),
+        "preprocess": {**data.preprocess(), "mean": list(mean), "std": list(std), "crop": crop or h},
     }
     ckpt = RunCheckpoints(run_dir, is_main, config, meta, model, optimizer, scaler, steps, world)
 
     pos, start_step, progress = RunPosition(), 0, EpochProgress()
     if plan.checkpoint is not None:
         saved = TrainState.from_dict(plan.checkpoint)
-        pos, start_step, progress = _restore(saved, model, optimizer, scaler, device, steps, world, is_main)
+        pos, start_step, progress = restore(saved, model, optimizer, scaler, device, steps, world, is_main)
         other = "" if saved.world_size == world else f"; saved by {saved.world_size} processes, now {world}"
         where = f"epoch {pos.epoch + 1}, step {pos.step} (step {start_step} of the epoch{other})"
         say(f"resuming from {plan.checkpoint['path']} at {where}")
@@ -125,7 +143,6 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
     if is_main:
         write_config(run_dir, config)
     n_params = sum(p.numel() for p in model.parameters())
-    _, h, w = loaders["train"].input_size
     threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
     say(f"run folder: {run_dir}")
     say(f"data: {splits.sizes()} images at {h}x{w} ({data.source})")
@@ -163,6 +180,7 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
                         pos, step=step, step_in_epoch=in_epoch, progress=sums
                     ),
                     bar_desc=f"epoch {pos.epoch + 1}/{config.epochs}" if show_bar else None,
+                    frozen=frozen,
                 )
                 start_step, progress = 0, EpochProgress()
                 images, seconds = images + result.images, seconds + result.seconds
@@ -211,17 +229,6 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
     )
 
 
-def _nothing_to_do(ckpt: dict[str, Any], config: TrainConfig) -> str | None:
-    """Why resuming `ckpt` with `config` would train nothing (then nothing is written), or None."""
-    where = f"{ckpt['path']} is at epoch {ckpt['epoch']}, step {ckpt['step']}"
-    if ckpt["epoch"] >= config.epochs:
-        more = f"--epochs N (N > {ckpt['epoch']})"
-        return f"the run is complete: {where} of {config.epochs} epochs; to train on, resume with {more}"
-    if config.max_steps is not None and ckpt["step"] >= config.max_steps:
-        return f"nothing to do: {where}, already at --max-steps {config.max_steps}; resume with a larger --max-steps"
-    return None
-
-
 def _result_of(ckpt: dict[str, Any], config: TrainConfig, run_dir: Path) -> FitResult:
     """The FitResult of a run that is already where `config` asks it to be."""
     history = list(ckpt["history"])
@@ -236,31 +243,37 @@ def _result_of(ckpt: dict[str, Any], config: TrainConfig, run_dir: Path) -> FitR
     )
 
 
-def _load_data(config: TrainConfig, dist_info: D.DistInfo) -> Dataset:
+def _load_data(config: TrainConfig, dist_info: D.DistInfo, options: dict[str, Any]) -> Dataset:
     if not D.active():
-        return load_dataset(config.dataset, config.data_dir)
+        return load_dataset(config.dataset, config.data_dir, **options)
     # local rank 0 first, so that a download happens once per machine; the others then find the files
     data, error = None, None
     if dist_info.local_rank == 0:
         try:
-            data = load_dataset(config.dataset, config.data_dir)
+            data = load_dataset(config.dataset, config.data_dir, **options)
         except ReslabError as e:
             error = e
     torch.distributed.barrier()
     if error is not None:
         raise error
-    return data if data is not None else load_dataset(config.dataset, config.data_dir)
+    return data if data is not None else load_dataset(config.dataset, config.data_dir, **options)
 
 
 def _make_model(
-    config: TrainConfig, classes: tuple[str, ...], dist_info: D.DistInfo, say
-) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
-    """(model, the module to train: DDP-wrapped under torchrun, build_model's kwargs)."""
+    config: TrainConfig, data: Dataset, dist_info: D.DistInfo, say, *, pretrained: bool
+) -> tuple[nn.Module, nn.Module, dict[str, Any], list[nn.Module]]:
+    """(model, the module to train: DDP-wrapped under torchrun, build_model's kwargs, the frozen modules)."""
     device = dist_info.device
-    model_kwargs = {**config.model_kwargs, "in_chans": 1, "num_classes": len(classes)}  # (N, H, W) images
+    model_kwargs = {**config.model_kwargs, "in_chans": data.in_chans, "num_classes": len(data.classes)}
     if config.zero_init_residual:
         model_kwargs["zero_init_residual"] = True
-    model = build_model(config.model, **model_kwargs)
+    if config.pretrained is not None and pretrained:
+        model, model_kwargs, report = pretrained_model(config, in_chans=data.in_chans, num_classes=len(data.classes))
+        for line in report:
+            say(f"pretrained: {line}")
+    else:
+        model = build_model(config.model, **model_kwargs)
+    frozen = freeze_backbone(model) if config.freeze == "backbone" else []
     model.to(device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
     if config.sync_bn:
         if device.type == "cuda" and D.active():
@@ -272,48 +285,7 @@ def _make_model(
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    return model, train_model, model_kwargs
-
-
-def _restore(
-    saved: TrainState,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    device: torch.device,
-    steps: int,
-    world: int,
-    is_main: bool,
-) -> tuple[RunPosition, int, EpochProgress]:
-    """Load a checkpoint's state; returns (the position, the step in the current epoch to start at, its sums)."""
-    model.load_state_dict(saved.model)
-    optimizer.load_state_dict(saved.optimizer)
-    if scaler is not None and saved.scaler is not None:
-        scaler.load_state_dict(saved.scaler)
-    torch.set_rng_state(saved.rng["torch"])
-    cuda_states = saved.rng.get("cuda")
-    if device.type == "cuda" and cuda_states is not None and len(cuda_states) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_states)
-    progress = saved.epoch_progress
-    pos = RunPosition(
-        epoch=saved.epoch,
-        history=list(saved.history),
-        best_val_acc=saved.best_val_acc,
-        saved_step=saved.step,
-        # time between the stop and the resume is not counted; the stopped epoch's training time is
-        elapsed_before=(saved.history[-1]["elapsed_s"] if saved.history else 0.0) + progress.train_time,
-    )
-    step_in_epoch = saved.step_in_epoch
-    if saved.world_size == world and saved.steps_per_epoch == steps:
-        pos.step = saved.step
-    else:
-        # another world size (or batch size) gives another number of steps per epoch: continue at the same fraction
-        # of the epoch; the running sums still count the images already seen
-        step_in_epoch = min(steps, round(step_in_epoch * steps / saved.steps_per_epoch))
-        pos.step = pos.epoch * steps + step_in_epoch
-    if not is_main:
-        progress = EpochProgress()  # rank 0 carries the sums over all ranks
-    return pos, step_in_epoch, progress
+    return model, train_model, model_kwargs, frozen
 
 
 def _diverged(result: EpochResult, pos: RunPosition, ckpt: RunCheckpoints) -> NonFiniteLossError:
@@ -352,7 +324,7 @@ def _end_epoch(
         "train_loss": sums.loss_sum / images,
         "train_acc": sums.correct / images,
         "val_acc": evals["val"].accuracy if "val" in evals else None,
-        "test_acc": evals["test"].accuracy,
+        "test_acc": evals["test"].accuracy if "test" in evals else None,
         "lr": next_lr,  # the schedule where the run stands: the next step's
         "time_s": sums.train_time + time.perf_counter() - t0,
         "images_per_s": sums.seen / max(sums.train_time, 1e-9),
@@ -363,10 +335,10 @@ def _end_epoch(
     improved = row["val_acc"] is not None and (pos.best_val_acc is None or row["val_acc"] > pos.best_val_acc)
     if improved:
         pos.best_val_acc = row["val_acc"]
-    val = f", val acc {row['val_acc']:.3f}" if row["val_acc"] is not None else ""
+    accs = "".join(f", {s} acc {row[f'{s}_acc']:.3f}" for s in ("val", "test") if row[f"{s}_acc"] is not None)
     say(
-        f"epoch {pos.epoch}, loss {row['train_loss']:.4f}, train acc {row['train_acc']:.3f}{val}, "
-        f"test acc {row['test_acc']:.3f}, time {row['time_s']:.1f} sec, {row['images_per_s']:.0f} img/s",
+        f"epoch {pos.epoch}, loss {row['train_loss']:.4f}, train acc {row['train_acc']:.3f}{accs}, "
+        f"time {row['time_s']:.1f} sec, {row['images_per_s']:.0f} img/s",
         flush=True,
     )
     ckpt.save_last(pos, step=pos.step, step_in_epoch=0, progress=EpochProgress())
@@ -375,4 +347,4 @@ def _end_epoch(
     if improved or "val" not in loaders:
         # without a validation split there is nothing to choose by: best.pt is the latest epoch
         ckpt.copy_to_best()
-    return evals["test"].confusion
+    return evals["test" if "test" in evals else "val"].confusion  # the data may have no test split

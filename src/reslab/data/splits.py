@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -13,15 +14,16 @@ from reslab.errors import ReslabError
 
 Split = tuple[torch.Tensor, torch.Tensor]  # (uint8 images, int64 labels)
 
-# Fashion-MNIST: 5,000 of the 60,000 training images, as many as its test set has per class x 500
-FASHION_MNIST_VAL_SIZE = 5000
+# the file datasets hold out 5,000 training images (Fashion-MNIST, MNIST, KMNIST: of 60,000; CIFAR: of 50,000, the
+# 45k/5k split of He et al. 2016); others a tenth of theirs
+FIXED_VAL_SIZE = {"fashion-mnist": 5000, "mnist": 5000, "kmnist": 5000, "cifar10": 5000, "cifar100": 5000}
 
 
 @dataclass(frozen=True)
 class Splits:
     train: Split
     val: Split | None  # None with --val-size 0
-    test: Split
+    test: Split | None  # None when the data has no test split (an image folder without DIR/test)
 
     def get(self, name: str) -> Split | None:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
@@ -35,39 +37,62 @@ class Splits:
 def default_val_size(config: TrainConfig, num_train: int) -> int:
     if config.val_size is not None:
         return config.val_size
-    return FASHION_MNIST_VAL_SIZE if config.dataset == "fashion-mnist" else num_train // 10
+    return FIXED_VAL_SIZE.get(config.dataset, num_train // 10)
 
 
 def make_splits(data: Dataset, config: TrainConfig) -> Splits:
-    """The validation images are held out of the training set, fixed by `config.seed`; `config.train_subset` then
-    keeps the first N of the rest. The test set only reports: nothing is chosen on it."""
+    """The validation images are the data's own validation split (an image folder's DIR/val) or are held out of the
+    training set, fixed by `config.seed`; `config.train_subset` then keeps the first N of the rest. The test set
+    only reports: nothing is chosen on it."""
     train_x, train_y = data.train_images, data.train_labels
     val = None
-    val_size = default_val_size(config, len(train_x))
-    if val_size > 0:
-        train_x, train_y, val_x, val_y = split_train_val(train_x, train_y, val_size, seed=config.seed)
-        val = (val_x, val_y)
+    if data.val_images is not None:
+        if config.val_size:
+            raise ReslabError(
+                f"--val-size: {data.source} has its own validation split ({len(data.val_labels):,} images); "
+                "leave --val-size unset (or 0 to train without one)"
+            )
+        if config.val_size is None:
+            val = (data.val_images, data.val_labels)
+    else:
+        val_size = default_val_size(config, len(train_x))
+        if val_size > 0:
+            train_x, train_y, val_x, val_y = split_train_val(train_x, train_y, val_size, seed=config.seed)
+            val = (val_x, val_y)
     if config.train_subset is not None:
         train_x, train_y = train_x[: config.train_subset], train_y[: config.train_subset]
-    return Splits(train=(train_x, train_y), val=val, test=(data.test_images, data.test_labels))
+    test = (data.test_images, data.test_labels) if data.test_images is not None else None
+    return Splits(train=(train_x, train_y), val=val, test=test)
 
 
 def make_loaders(
     splits: Splits,
     config: TrainConfig,
     *,
+    mean: Sequence[float],
+    std: Sequence[float],
     device: torch.device,
+    crop_size: int | None = None,
     rank: int = 0,
     world_size: int = 1,
     eval_batch_size: int | None = None,
 ) -> dict[str, BatchLoader]:
-    """{"train", "val" (if any), "test"} -> BatchLoader as `config` says (augmentation only on "train")."""
+    """{"train", "val" and "test" where they exist} -> BatchLoader as `config` says: augmentation only on "train",
+    the same normalisation (`mean`, `std`: per channel, of pixels in [0, 1]) and crop size (a random crop in
+    training, the centre one in evaluation) everywhere."""
     if len(splits.train[0]) < world_size:
         raise ReslabError(
             f"--train-subset: {len(splits.train[0])} training images cannot be shared by {world_size} processes"
         )
     common = dict(
-        resize=config.resize, rank=rank, world_size=world_size, device=device, channels_last=config.channels_last
+        resize=config.resize,
+        crop_size=crop_size,
+        mean=mean,
+        std=std,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        channels_last=config.channels_last,
     )
     loaders = {
         "train": BatchLoader(
@@ -77,6 +102,7 @@ def make_loaders(
             seed=config.seed,
             crop_padding=config.crop_padding,
             hflip=config.hflip,
+            random_resized_crop=config.random_resized_crop,
             **common,
         )
     }
