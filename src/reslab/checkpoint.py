@@ -33,6 +33,7 @@ from torch import nn
 from reslab import __version__
 from reslab.config import TrainConfig
 from reslab.errors import ReslabError
+from reslab.formats import read_safetensors
 from reslab.models import build_model
 from reslab.runtime import pick_device
 
@@ -176,7 +177,10 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     with "path" added."""
     p = resolve_checkpoint(path)
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+        if p.suffix == ".safetensors":  # written by `reslab export`: a weights-only checkpoint
+            ckpt = read_safetensors(p)
+        else:
+            ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ReslabError(

@@ -201,7 +201,9 @@ def _cmd_train(args) -> int:
 
 def _add_eval(sub):
     p = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
-    p.add_argument("checkpoint", help="a .pt file written by `reslab train` (or its run folder)")
+    p.add_argument(
+        "checkpoint", help="a .pt file written by `reslab train` (or its run folder), or an .onnx exported from one"
+    )
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--batch-size", type=int, default=512)
@@ -226,7 +228,10 @@ def _cmd_eval(args) -> int:
 
 def _add_predict(sub):
     p = sub.add_parser("predict", help="top-k classes for image files (PNG, JPEG; any size or mode)")
-    p.add_argument("checkpoint", help="a .pt file written by `reslab train` (or its run folder)")
+    p.add_argument(
+        "checkpoint",
+        help="a .pt file written by `reslab train` (or its run folder), a .safetensors or .onnx from `reslab export`",
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files; each is made 28x28 grayscale")
     p.add_argument("-k", "--topk", type=int, default=3, help="how many classes to show per image (default 3)")
     p.add_argument("--invert", action="store_true", help="invert images first (dark objects on a light background)")
@@ -239,6 +244,47 @@ def _cmd_predict(args) -> int:
 
     failures = predict_files(args.checkpoint, args.images, topk=args.topk, invert=args.invert, device=args.device)
     return 1 if failures else 0
+
+
+def _add_export(sub):
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint as ONNX, torch.export (.pt2) or safetensors, verified against eager PyTorch",
+        description="Writes the model of CHECKPOINT for use outside reslab, then loads the file back (ONNX Runtime "
+        "on the CPU, torch.export.load, or the reloaded weights), runs it beside eager PyTorch on random batches of "
+        "two sizes and on --images, prints the largest logit difference and the top-1 agreement, and fails (removing "
+        "the file) beyond the format's tolerance: 1e-4 of the largest logit for onnx and pt2, bit-exact for "
+        "safetensors. onnx and safetensors need `pip install 'reslab[export]'`; a .pt2 loads only with the torch "
+        "version that wrote it.",
+    )
+    p.add_argument("checkpoint", help="a .pt file (or run folder) or .safetensors; training state is not exported")
+    p.add_argument(
+        "--format",
+        choices=["onnx", "pt2", "safetensors"],
+        default=None,
+        help="what to write (default: from -o's suffix, else onnx)",
+    )
+    p.add_argument("-o", "--output", default=None, help="the file to write (default: CHECKPOINT with the suffix)")
+    p.add_argument("--images", nargs="+", default=(), metavar="IMAGE", help="image files to verify on as well")
+    p.add_argument("--invert", action="store_true", help="invert --images first (as `reslab predict --invert`)")
+    p.add_argument("--no-verify", action="store_true", help="write the file without loading it back to compare")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset version (default: the exporter's)")
+    return p
+
+
+def _cmd_export(args) -> int:
+    from reslab.export import export_checkpoint
+
+    export_checkpoint(
+        args.checkpoint,
+        format=args.format,
+        output=args.output,
+        images=args.images,
+        invert=args.invert,
+        verify=not args.no_verify,
+        opset=args.opset,
+    )
+    return 0
 
 
 def _add_experiment(sub):
@@ -284,6 +330,7 @@ _SUBCOMMANDS = [  # (declare the flags, run the command)
     (_add_train, _cmd_train),
     (_add_eval, _cmd_eval),
     (_add_predict, _cmd_predict),
+    (_add_export, _cmd_export),
     (_add_models, _cmd_models),
     (_add_summary, _cmd_summary),
     (_add_experiment, _cmd_experiment),

@@ -6,7 +6,8 @@ grayscale uint8 like Fashion-MNIST, then the same resize and normalisation as th
     from reslab.predict import predict
     predict("runs/resnet20/best.pt", ["shoe.jpg"], topk=3)   # [[("Sneaker", 0.91), ("Sandal", 0.06), ...]]
 
-The checkpoint may also be a TrainedModel from reslab.load_checkpoint.
+The checkpoint may also be a TrainedModel from reslab.load_checkpoint, or an ONNX file written by `reslab export`
+(run by ONNX Runtime on the CPU).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from reslab.checkpoint import TrainedModel, load_checkpoint
 from reslab.data.transforms import prepare_batch
 from reslab.errors import ReslabError
+from reslab.runners import OnnxModel, Runner, TorchRunner, is_onnx, load_onnx
 from reslab.runtime import pick_device
 
 # Fashion-MNIST's own size: images are brought to it first, then resized like the training images were (--resize),
@@ -162,14 +164,24 @@ def _background_level(a: np.ndarray) -> int:
 # the model
 
 
-def _load(source: TrainedModel | str | Path, device: torch.device) -> TrainedModel:
-    """The TrainedModel from a checkpoint path or a loaded one, in eval mode on `device`."""
-    trained = source if isinstance(source, TrainedModel) else load_checkpoint(source, device=device)
-    trained.model.to(device).eval()
+def _load(source: TrainedModel | OnnxModel | str | Path, device: str) -> TrainedModel | OnnxModel:
+    """The TrainedModel from a checkpoint path or a loaded one, in eval mode on `device`; or an exported ONNX file."""
+    if isinstance(source, OnnxModel) or (not isinstance(source, TrainedModel) and is_onnx(source)):
+        if str(device) not in ("auto", "cpu"):
+            raise ReslabError(f"--device {device}: an ONNX file runs on the CPU (ONNX Runtime's CPU build); use cpu")
+        return source if isinstance(source, OnnxModel) else load_onnx(source)
+    dev = pick_device(device)
+    trained = source if isinstance(source, TrainedModel) else load_checkpoint(source, device=dev)
+    trained.model.to(dev).eval()
     return trained
 
 
-def _batch(images: torch.Tensor, trained: TrainedModel, device: torch.device) -> torch.Tensor:
+def _runner(trained: TrainedModel | OnnxModel) -> Runner:
+    """What computes the logits: ONNX Runtime for an ONNX file, else eager PyTorch (fp32, the default memory layout)."""
+    return trained.runner if isinstance(trained, OnnxModel) else TorchRunner(trained.model)
+
+
+def _batch(images: torch.Tensor, trained: TrainedModel | OnnxModel, device: torch.device) -> torch.Tensor:
     """(N, 28, 28) uint8 -> the model's input: the same normalisation and resize as evaluation (prepare_batch)."""
     resize = trained.config.resize if trained.config is not None else None
     x = prepare_batch(images.to(device), resize_to=resize)  # (N, 1, H, W)
@@ -179,9 +191,14 @@ def _batch(images: torch.Tensor, trained: TrainedModel, device: torch.device) ->
     return x
 
 
+def image_batch(trained: TrainedModel | OnnxModel, images: Sequence[str | Path | Any], *, invert: bool = False):
+    """Image files (or PIL images) -> the float batch (N, C, H, W) on the CPU that `trained` takes, as predicted."""
+    return _batch(torch.stack([load_image(im, invert=invert) for im in images]), trained, torch.device("cpu"))
+
+
 @torch.no_grad()
 def predict(
-    checkpoint: TrainedModel | str | Path,
+    checkpoint: TrainedModel | OnnxModel | str | Path,
     images: Sequence[str | Path | Any],
     *,
     topk: int = 3,
@@ -190,22 +207,23 @@ def predict(
 ) -> list[list[tuple[str, float]]]:
     """Top-`topk` (class name, probability) pairs for each image, most likely first.
 
-    `checkpoint` is a checkpoint path (.pt or its run folder) or a TrainedModel from `reslab.load_checkpoint`;
+    `checkpoint` is a checkpoint path (.pt or its run folder, .safetensors, or an exported .onnx) or a TrainedModel
+    from `reslab.load_checkpoint`;
     `images` are file paths or PIL images. Raises ReslabError on the first unreadable image (see `predict_files`
     to go on).
     """
-    dev = pick_device(device)
-    trained = _load(checkpoint, dev)
+    trained = _load(checkpoint, device)
     batch = torch.stack([load_image(im, invert=invert) for im in images]) if images else None
-    return [] if batch is None else _topk(trained, batch, topk=topk, device=dev)
+    return [] if batch is None else _topk(trained, batch, topk=topk)
 
 
-def _topk(trained: TrainedModel, batch: torch.Tensor, *, topk: int, device) -> list[list[tuple[str, float]]]:
+def _topk(trained: TrainedModel | OnnxModel, batch: torch.Tensor, *, topk: int) -> list[list[tuple[str, float]]]:
     classes = trained.classes
     k = max(1, min(topk, len(classes)))
+    run = _runner(trained)
     out = []
     for chunk in batch.split(256):
-        probs = trained.model(_batch(chunk, trained, device)).float().softmax(dim=1)
+        probs = run(_batch(chunk, trained, run.device)).float().softmax(dim=1)
         p, i = probs.topk(k, dim=1)  # (B, k) each
         for row_p, row_i in zip(p.tolist(), i.tolist(), strict=True):
             out.append([(classes[c], q) for q, c in zip(row_p, row_i, strict=True)])
@@ -227,8 +245,7 @@ def predict_files(
     """
     if topk < 1:
         raise ReslabError(f"--topk: expected a positive number of classes, got {topk}")
-    dev = pick_device(device)
-    trained = _load(checkpoint, dev)
+    trained = _load(checkpoint, device)
     loaded, failures = [], []
     for p in paths:
         try:
@@ -244,7 +261,7 @@ def predict_files(
             )
         loaded.append((str(p), _like_fashion_mnist(gray, NATIVE_SIZE)))
     if loaded:
-        results = _topk(trained, torch.stack([t for _, t in loaded]), topk=topk, device=dev)
+        results = _topk(trained, torch.stack([t for _, t in loaded]), topk=topk)
         width = max(len(name) for name, _ in loaded)
         for (name, _), pairs in zip(loaded, results, strict=True):
             print(f"{name:<{width}}  " + "  ".join(f"{c} {100 * q:.1f}%" for c, q in pairs))
