@@ -147,7 +147,7 @@ def export_onnx(model: nn.Module, desc: dict[str, Any], path: str | Path, *, ops
                 dynamic_shapes=({0: torch.export.Dim("batch")},),
                 opset_version=opset,
                 external_data=False,
-                optimize=True,  # onnxscript's optimiser: constant folding, conv+BN fusion where it applies
+                optimize=True,  # onnxscript: constant folding, BN folded into the convs (ResNet-20: 256 -> 56 nodes)
                 verbose=False,
             )
     except Exception as e:  # the exporter raises many types (TorchExportError, ConversionError, ...)

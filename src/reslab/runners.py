@@ -100,11 +100,8 @@ def check_input_size(x: torch.Tensor, expected: tuple, name: str) -> None:
     """ReslabError unless `x` is a (B, *expected) batch; a non-integer entry of `expected` (symbolic) matches any."""
     fixed = [d if isinstance(d, int) else None for d in expected]
     if x.dim() != 1 + len(fixed) or any(d is not None and d != s for d, s in zip(fixed, x.shape[1:], strict=True)):
-        want = "x".join("?" if d is None else str(d) for d in fixed)
-        raise ReslabError(
-            f"{name!r}: expects input batches of (batch, {want.replace('x', ', ')}) ({want} images), "
-            f"got {tuple(x.shape)}"
-        )
+        want = ", ".join("?" if d is None else str(d) for d in fixed)
+        raise ReslabError(f"{name!r}: expects input batches of (batch, {want}), got {tuple(x.shape)}")
 
 
 @dataclass
