@@ -275,10 +275,9 @@ def _opset(proto) -> int:
 # the command
 
 
-def output_path(checkpoint: str | Path, fmt: str) -> Path:
-    """Default output: the checkpoint's path with the format's suffix (a run folder: best.onnx inside it)."""
-    p = Path(checkpoint)
-    return (p / "best" if p.is_dir() else p).with_suffix(FORMATS[fmt])
+def output_path(checkpoint_file: str | Path, fmt: str) -> Path:
+    """Default output: the checkpoint file's path with the format's suffix (runs/x/best.pt -> runs/x/best.onnx)."""
+    return Path(checkpoint_file).with_suffix(FORMATS[fmt])
 
 
 def resolve_format(fmt: str | None, output: str | Path | None) -> str:
