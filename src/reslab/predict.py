@@ -178,6 +178,9 @@ def _load(source: TrainedModel | OnnxModel | str | Path, device: str) -> Trained
 
 def _runner(trained: TrainedModel | OnnxModel) -> Runner:
     """What computes the logits: ONNX Runtime for an ONNX file, else eager PyTorch (fp32, the default memory layout)."""
+    # benchmarks/inference.py (AMD EPYC, AVX2, 1 thread): ONNX Runtime had 1.6-5.5x lower latency at batch 1 than
+    # eager fp32 (ResNet-50, ResNet-20), but needs an export first; channels_last measured 1.0-1.2x, not clearly
+    # faster, and torch.compile takes 10 s to minutes to compile: so a checkpoint runs eager fp32 NCHW
     return trained.runner if isinstance(trained, OnnxModel) else TorchRunner(trained.model)
 
 
