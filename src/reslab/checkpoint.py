@@ -35,6 +35,7 @@ from torch import nn
 from reslab import __version__
 from reslab.config import TrainConfig
 from reslab.errors import NonFiniteLossError, ReslabError
+from reslab.formats import read_safetensors
 from reslab.models import build_model
 from reslab.runtime import pick_device
 
@@ -245,7 +246,10 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     with "path" added."""
     p = resolve_checkpoint(path)
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+        if p.suffix == ".safetensors":  # written by `reslab export`: a weights-only checkpoint
+            ckpt = read_safetensors(p)
+        else:
+            ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if found is None:
@@ -259,6 +263,8 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
             f"checkpoint {str(p)!r}: not a reslab checkpoint: it holds pickled Python objects ({found.group(1)}), "
             "not only tensors and plain values, and reslab does not unpickle those (that could run arbitrary code)"
         ) from None
+    except ReslabError:  # read_safetensors' own one-line errors
+        raise
     except OSError as e:
         raise ReslabError(f"checkpoint {str(p)!r}: cannot read it: {describe_os_error(e)}") from None
     except Exception:  # torch raises KeyError, RuntimeError, EOFError, ... for files that are not torch.save's

@@ -120,8 +120,8 @@ def _add_train(sub):
         "--recipe",
         default="default",
         choices=sorted(RECIPES),
-        help="a named set of defaults; other flags override it ('d2l' is the seeds' exact configuration; "
-        "default: default)",
+        help="a named set of defaults; other flags override it ('d2l': the seeds' exact configuration; "
+        "'paper-cifar': He et al. 2016's CIFAR-10 recipe; default: default)",
     )
     g = p.add_argument_group("model")
     flag(g, "--model", help="model name (see `reslab models`)")
@@ -244,12 +244,24 @@ def _cmd_train(args) -> int:
 
 
 def _add_eval(sub):
+    from reslab.config import DATASETS
+
     p = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
-    p.add_argument("checkpoint", help="a .pt file written by `reslab train` (or its run folder)")
-    p.add_argument("--split", choices=["val", "test"], default="test")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument(
+        "checkpoint",
+        help="a .pt file written by `reslab train` (or its run folder) or `reslab convert`, or an .onnx exported "
+        "from one",
+    )
+    p.add_argument("--split", choices=["val", "test"], default="test", help="the split to evaluate (default: test)")
+    p.add_argument(
+        "--dataset",
+        choices=list(DATASETS),
+        default=None,
+        help="the data to evaluate a weights-only checkpoint on (`reslab convert`'s); a trained run uses its own",
+    )
+    p.add_argument("--data-dir", default=None, help="where that data is (default: the run's own, or the search order)")
+    p.add_argument("--batch-size", type=int, default=512, help="images per batch (default: 512)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="(default: auto)")
     p.add_argument("--output", default=None, help="where to write confusion_matrix.png (default: the run folder)")
     return p
 
@@ -260,6 +272,7 @@ def _cmd_eval(args) -> int:
     evaluate_checkpoint(
         args.checkpoint,
         split=args.split,
+        dataset=args.dataset,
         data_dir=args.data_dir,
         batch_size=args.batch_size,
         device=args.device,
@@ -270,7 +283,11 @@ def _cmd_eval(args) -> int:
 
 def _add_predict(sub):
     p = sub.add_parser("predict", help="top-k classes for image files (PNG, JPEG; any size or mode)")
-    p.add_argument("checkpoint", help="a .pt file written by `reslab train` or `reslab convert` (or a run folder)")
+    p.add_argument(
+        "checkpoint",
+        help="a .pt file written by `reslab train` or `reslab convert` (or a run folder), or a .safetensors or "
+        ".onnx file from `reslab export`",
+    )
     p.add_argument(
         "images",
         nargs="+",
@@ -289,6 +306,47 @@ def _cmd_predict(args) -> int:
 
     failures = predict_files(args.checkpoint, args.images, topk=args.topk, invert=args.invert, device=args.device)
     return 1 if failures else 0
+
+
+def _add_export(sub):
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint as ONNX, torch.export (.pt2) or safetensors, verified against eager PyTorch",
+        description="Writes the model of CHECKPOINT for use outside reslab, then loads the file back (ONNX Runtime "
+        "on the CPU, torch.export.load, or the reloaded weights), runs it beside eager PyTorch on random batches of "
+        "two sizes and on --images, prints the largest logit difference and the top-1 agreement, and fails (removing "
+        "the file) beyond the format's tolerance: 1e-4 of the largest logit for onnx and pt2, bit-exact for "
+        "safetensors. onnx and safetensors need `pip install 'reslab[export]'`; a .pt2 loads only with the torch "
+        "version that wrote it.",
+    )
+    p.add_argument("checkpoint", help="a .pt file (or run folder) or .safetensors; training state is not exported")
+    p.add_argument(
+        "--format",
+        choices=["onnx", "pt2", "safetensors"],
+        default=None,
+        help="what to write (default: from -o's suffix, else onnx)",
+    )
+    p.add_argument("-o", "--output", default=None, help="the file to write (default: CHECKPOINT with the suffix)")
+    p.add_argument("--images", nargs="+", default=(), metavar="IMAGE", help="image files to verify on as well")
+    p.add_argument("--invert", action="store_true", help="invert --images first (as `reslab predict --invert`)")
+    p.add_argument("--no-verify", action="store_true", help="write the file without loading it back to compare")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset version (default: the exporter's)")
+    return p
+
+
+def _cmd_export(args) -> int:
+    from reslab.export import export_checkpoint
+
+    export_checkpoint(
+        args.checkpoint,
+        format=args.format,
+        output=args.output,
+        images=args.images,
+        invert=args.invert,
+        verify=not args.no_verify,
+        opset=args.opset,
+    )
+    return 0
 
 
 def _add_experiment(sub):
@@ -398,6 +456,7 @@ _SUBCOMMANDS = [  # (declare the flags, run the command)
     (_add_train, _cmd_train),
     (_add_eval, _cmd_eval),
     (_add_predict, _cmd_predict),
+    (_add_export, _cmd_export),
     (_add_models, _cmd_models),
     (_add_summary, _cmd_summary),
     (_add_experiment, _cmd_experiment),

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from reslab import distributed as D
-from reslab.checkpoint import ensure_folder, read_checkpoint, trained_model
-from reslab.data import BatchLoader, Dataset, load_dataset, make_splits
+from reslab.checkpoint import describe_os_error, ensure_folder, read_checkpoint, trained_model
+from reslab.config import TrainConfig, make_config
+from reslab.data import BatchLoader, Dataset, folder_options, input_pipeline, load_dataset, make_splits
 from reslab.errors import ReslabError
 from reslab.plots import plot_confusion_matrix
+from reslab.runners import Runner, is_onnx, load_onnx
 from reslab.runtime import autocast, pick_device, resolve_amp
 
 
@@ -38,19 +41,25 @@ class EvalResult:
 
 
 @torch.inference_mode()
-def _confusion(model: nn.Module, loader, *, num_classes: int, amp_dtype: torch.dtype | None) -> torch.Tensor:
-    device = next(model.parameters()).device
+def _confusion(model: nn.Module | Runner, loader, *, num_classes: int, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    device = next(model.parameters()).device if isinstance(model, nn.Module) else model.device
     counts = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     for x, y in loader:
         with autocast(device, amp_dtype):
-            pred = model(x).argmax(1)
-        counts += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
+            pred = model(x).argmax(1).to(device)
+        counts += torch.bincount(y.to(device) * num_classes + pred, minlength=num_classes * num_classes)
     return counts.view(num_classes, num_classes)
 
 
-def evaluate(model: nn.Module, loader, *, num_classes: int, amp_dtype: torch.dtype | None = None) -> EvalResult:
-    """The confusion matrix of `model` on `loader`'s images, summed over processes under torchrun. The model is put
-    back in its previous mode."""
+def evaluate(
+    model: nn.Module | Runner, loader, *, num_classes: int, amp_dtype: torch.dtype | None = None
+) -> EvalResult:
+    """The confusion matrix of `model` (or a runner: reslab.runners) on `loader`'s images, summed over processes under
+    torchrun. A model is put back in its previous mode."""
+    if not isinstance(model, nn.Module):
+        counts = _confusion(model, loader, num_classes=num_classes, amp_dtype=None).clone()
+        D.all_reduce_sum(counts)
+        return EvalResult(confusion=counts.cpu())
     was_training = model.training
     model.eval()
     try:
@@ -75,6 +84,37 @@ def per_class_table(confusion: torch.Tensor, classes: tuple[str, ...] | list[str
 
 
 @dataclass(frozen=True)
+class _Loaded:
+    names: dict[str, Any]  # path, model_name, epoch: what the report names
+    config: TrainConfig | None  # None: weights only (from `reslab convert`)
+    classes: tuple[str, ...]
+    preprocess: dict[str, Any] | None
+    model: nn.Module | Runner
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+
+def _load_for_eval(checkpoint: str | Path, device: str) -> _Loaded:
+    """A checkpoint trained by reslab or converted by `reslab convert`, or an ONNX file exported from one (ONNX
+    Runtime on the CPU)."""
+    if is_onnx(checkpoint):  # the run's config is in the file's metadata
+        if str(device) not in ("auto", "cpu"):
+            raise ReslabError(f"--device {device}: an ONNX file runs on the CPU (ONNX Runtime's CPU build); use cpu")
+        m = load_onnx(checkpoint)
+        names = {"path": m.path, "model_name": m.model_name, "epoch": m.epoch}
+        return _Loaded(names, m.config, m.classes, m.preprocess, m.runner, m.runner.device, None)
+    ckpt = read_checkpoint(checkpoint)
+    dev = pick_device(device)
+    trained = trained_model(ckpt)
+    config = trained.config
+    channels_last = config is not None and config.channels_last
+    model = trained.model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    amp_dtype = resolve_amp(config.amp, dev) if config is not None else None
+    names = {"path": ckpt["path"], "model_name": ckpt["model_name"], "epoch": ckpt.get("epoch")}
+    return _Loaded(names, config, trained.classes, trained.preprocess, model, dev, amp_dtype)
+
+
+@dataclass(frozen=True)
 class CheckpointEval:
     result: EvalResult
     split: str
@@ -90,6 +130,7 @@ def evaluate_checkpoint(
     checkpoint: str | Path,
     *,
     split: str = "test",
+    dataset: str | None = None,
     data_dir: str | None = None,
     batch_size: int = 512,
     device: str = "auto",
@@ -97,7 +138,9 @@ def evaluate_checkpoint(
     data: Dataset | None = None,
     quiet: bool = False,
 ) -> CheckpointEval:
-    """Evaluate a checkpoint (file or run folder) on the "val" or "test" split of the data it was trained on.
+    """Evaluate a checkpoint (file or run folder) on the "val" or "test" split of the data it was trained on, with
+    the normalisation and crop it was trained with; a weights-only checkpoint (`reslab convert`) on `dataset`
+    (with `data_dir`): its test split, or every image of a folder without one.
 
     Prints the accuracy and a per-class table, writes the confusion matrix image (confusion_matrix.png for the test
     split, confusion_matrix_val.png for val) into `output` or the checkpoint's folder. `data` replaces loading one.
@@ -106,44 +149,63 @@ def evaluate_checkpoint(
         raise ReslabError(f"--split: expected val or test, got {split!r}")
     if batch_size < 1:
         raise ReslabError(f"--batch-size: expected a positive batch size, got {batch_size}")
-    ckpt = read_checkpoint(checkpoint)
-    if "config" not in ckpt:
-        raise ReslabError(
-            f"checkpoint {ckpt['path']!r}: holds weights only, with no record of the data it was trained on"
-        )
+    m = _load_for_eval(checkpoint, device)
+    path = m.names["path"]
     # before the work: an unusable --output is a mistake to report now, not after the evaluation
-    folder = ensure_folder(Path(output) if output is not None else Path(ckpt["path"]).parent, flag="--output")
-    dev = pick_device(device)
-    trained = trained_model(ckpt)
-    config = trained.config
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = trained.model.to(dev, memory_format=memory_format)
+    folder = ensure_folder(Path(output) if output is not None else Path(path).parent, flag="--output")
+    config = m.config
+    if config is None:  # weights only: the data is the user's to name
+        if dataset is None and data is None:
+            raise ReslabError(
+                f"checkpoint {path!r}: holds weights only, with no record of the data it was trained on: give "
+                "--dataset (and --data-dir) to evaluate it on"
+            )
+        config = make_config(dataset=dataset or "imagefolder", data_dir=data_dir, val_size=0, channels_last=False)
+    elif dataset is not None and dataset != config.dataset:
+        raise ReslabError(f"--dataset {dataset}: the run in {path} was trained on {config.dataset}; leave it out")
     if data is None:
-        data = load_dataset(config.dataset, data_dir if data_dir is not None else config.data_dir)
-    chosen = make_splits(data, config).get(split)
+        options = folder_options(config, m.preprocess)
+        data = load_dataset(config.dataset, data_dir if data_dir is not None else config.data_dir, **options)
+    if len(data.classes) != len(m.classes):
+        raise ReslabError(
+            f"--dataset {config.dataset}: {data.source} has {len(data.classes)} classes, the model {len(m.classes)}"
+        )
+    splits = make_splits(data, config)
+    chosen = splits.get(split)
+    if chosen is None and m.config is None and splits.val is None and splits.test is None:
+        split, chosen = "all", splits.train  # a folder of images without train/val/test sub-folders: all of it
     if chosen is None:
-        raise ReslabError(f"--split val: the run in {ckpt['path']} was trained with --val-size 0, so has no val split")
+        why = "was trained with --val-size 0" if split == "val" else f"has no {split} split"
+        raise ReslabError(f"--split {split}: the data of {path} {why}")
+    mean, std, crop = input_pipeline(config, data, m.preprocess)
     loader = BatchLoader(
         *chosen,
         batch_size=batch_size,
         train=False,
         resize=config.resize,
-        device=dev,
-        channels_last=config.channels_last,
+        crop_size=crop,
+        mean=mean,
+        std=std,
+        device=m.device,
+        channels_last=config.channels_last and isinstance(m.model, nn.Module),
     )
-    result = evaluate(model, loader, num_classes=len(trained.classes), amp_dtype=resolve_amp(config.amp, dev))
+    result = evaluate(m.model, loader, num_classes=len(m.classes), amp_dtype=m.amp_dtype)
     image = folder / ("confusion_matrix.png" if split == "test" else f"confusion_matrix_{split}.png")
-    plot_confusion_matrix(
-        result.confusion,
-        trained.classes,
-        image,
-        title=f"{Path(ckpt['path']).name} on {split}: {100 * result.accuracy:.2f}%",
-    )
+    try:
+        plot_confusion_matrix(
+            result.confusion,
+            m.classes,
+            image,
+            title=f"{Path(path).name} on {split}: {100 * result.accuracy:.2f}%",
+        )
+    except OSError as e:
+        raise ReslabError(f"cannot write {str(image)!r}: {describe_os_error(e)}") from None
     if not quiet:
+        epoch = f", epoch {m.names['epoch']}" if m.names.get("epoch") is not None else ""
         print(
-            f"{ckpt['path']} ({ckpt['model_name']}, epoch {ckpt['epoch']}) on the {split} split: "
+            f"{path} ({m.names['model_name']}{epoch}) on the {split} split: "
             f"accuracy {100 * result.accuracy:.2f}% ({result.correct:,} of {result.total:,})"
         )
-        print(per_class_table(result.confusion, trained.classes))
+        print(per_class_table(result.confusion, m.classes))
         print(f"confusion matrix: {image}")
-    return CheckpointEval(result=result, split=split, classes=trained.classes, image=image)
+    return CheckpointEval(result=result, split=split, classes=m.classes, image=image)

@@ -6,7 +6,8 @@ grayscale uint8 like Fashion-MNIST, then the same resize and normalisation as th
     from reslab.predict import predict
     predict("runs/resnet20/best.pt", ["shoe.jpg"], topk=3)   # [[("Sneaker", 0.91), ("Sandal", 0.06), ...]]
 
-The checkpoint may also be a TrainedModel from reslab.load_checkpoint.
+The checkpoint may also be a TrainedModel from reslab.load_checkpoint, or an ONNX file written by `reslab export`
+(run by ONNX Runtime on the CPU).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from reslab.checkpoint import TrainedModel, load_checkpoint
-from reslab.data.transforms import prepare_batch
+from reslab.data.transforms import MEAN, STD, prepare_batch
 from reslab.errors import ReslabError
+from reslab.runners import OnnxModel, Runner, TorchRunner, is_onnx, load_onnx
 from reslab.runtime import pick_device
 
 # Fashion-MNIST's own size: images are brought to it first, then resized like the training images were (--resize),
@@ -245,26 +247,57 @@ def _check_natural(trained: TrainedModel) -> dict[str, Any]:
 # the model
 
 
-def _load(source: TrainedModel | str | Path, device: torch.device) -> TrainedModel:
-    """The TrainedModel from a checkpoint path or a loaded one, in eval mode on `device`."""
-    trained = source if isinstance(source, TrainedModel) else load_checkpoint(source, device=device)
-    trained.model.to(device).eval()
+def _load(source: TrainedModel | OnnxModel | str | Path, device: str) -> TrainedModel | OnnxModel:
+    """The TrainedModel from a checkpoint path or a loaded one, in eval mode on `device`; or an exported ONNX file."""
+    if isinstance(source, OnnxModel) or (not isinstance(source, TrainedModel) and is_onnx(source)):
+        if str(device) not in ("auto", "cpu"):
+            raise ReslabError(f"--device {device}: an ONNX file runs on the CPU (ONNX Runtime's CPU build); use cpu")
+        return source if isinstance(source, OnnxModel) else load_onnx(source)
+    dev = pick_device(device)
+    trained = source if isinstance(source, TrainedModel) else load_checkpoint(source, device=dev)
+    trained.model.to(dev).eval()
     return trained
 
 
-def _batch(images: torch.Tensor, trained: TrainedModel, device: torch.device) -> torch.Tensor:
-    """(N, 28, 28) uint8 -> the model's input: the same normalisation and resize as evaluation (prepare_batch)."""
+def _runner(trained: TrainedModel | OnnxModel) -> Runner:
+    """What computes the logits: ONNX Runtime for an ONNX file, else eager PyTorch (fp32, the default memory layout)."""
+    # benchmarks/inference.py (AMD EPYC, AVX2, 1 thread): ONNX Runtime had 1.6-5.5x lower latency at batch 1 than
+    # eager fp32 (ResNet-50, ResNet-20), but needs an export first; channels_last measured 1.0-1.2x, not clearly
+    # faster, and torch.compile takes 10 s to minutes to compile: so a checkpoint runs eager fp32 NCHW
+    return trained.runner if isinstance(trained, OnnxModel) else TorchRunner(trained.model)
+
+
+def _batch(images: torch.Tensor, trained: TrainedModel | OnnxModel, device: torch.device) -> torch.Tensor:
+    """uint8 images -> the model's input. Natural ones (N, C, crop, crop): normalised as the preprocessing says.
+    Fashion-MNIST style (N, 28, 28): the same normalisation and resize as evaluation (prepare_batch)."""
+    images = images.to(device)
+    if is_natural(trained.preprocess):
+        return normalize_natural(images, trained.preprocess)
     resize = trained.config.resize if trained.config is not None else None
-    x = prepare_batch(images.to(device), resize_to=resize)  # (N, 1, H, W)
+    p = trained.preprocess or {}
+    mean, std = p.get("mean", (MEAN,)), p.get("std", (STD,))  # the dataset's (MNIST's differ from Fashion-MNIST's)
+    x = prepare_batch(images, resize_to=resize, mean=mean[:1], std=std[:1])  # (N, 1, H, W)
     in_chans = trained.input_size[0]
     if x.shape[1] == 1 and in_chans > 1:  # a model built for RGB input: the gray image on every channel
         x = x.expand(-1, in_chans, -1, -1)
     return x
 
 
+def _read(trained: TrainedModel | OnnxModel, source: str | Path | Any, *, invert: bool) -> torch.Tensor:
+    """One image as the uint8 tensor `_batch` takes."""
+    if is_natural(trained.preprocess):
+        return load_natural_image(source, _check_natural(trained))
+    return load_image(source, invert=invert)
+
+
+def image_batch(trained: TrainedModel | OnnxModel, images: Sequence[str | Path | Any], *, invert: bool = False):
+    """Image files (or PIL images) -> the float batch (N, C, H, W) on the CPU that `trained` takes, as predicted."""
+    return _batch(torch.stack([_read(trained, im, invert=invert) for im in images]), trained, torch.device("cpu"))
+
+
 @torch.no_grad()
 def predict(
-    checkpoint: TrainedModel | str | Path,
+    checkpoint: TrainedModel | OnnxModel | str | Path,
     images: Sequence[str | Path | Any],
     *,
     topk: int = 3,
@@ -273,31 +306,24 @@ def predict(
 ) -> list[list[tuple[str, float]]]:
     """Top-`topk` (class name, probability) pairs for each image, most likely first.
 
-    `checkpoint` is a checkpoint path (.pt or its run folder) or a TrainedModel from `reslab.load_checkpoint`;
-    `images` are file paths or PIL images. Raises ReslabError on the first unreadable image (see `predict_files`
-    to go on).
+    `checkpoint` is a checkpoint path (.pt or its run folder, .safetensors, or an exported .onnx) or a TrainedModel
+    from `reslab.load_checkpoint`; `images` are file paths or PIL images. Raises ReslabError on the first unreadable
+    image (see `predict_files` to go on).
     """
-    dev = pick_device(device)
-    trained = _load(checkpoint, dev)
+    trained = _load(checkpoint, device)
     if not images:
         return []
-    if is_natural(trained.preprocess):
-        p = _check_natural(trained)
-        batch = torch.stack([load_natural_image(im, p) for im in images])
-    else:
-        batch = torch.stack([load_image(im, invert=invert) for im in images])
-    return _topk(trained, batch, topk=topk, device=dev)
+    return _topk(trained, torch.stack([_read(trained, im, invert=invert) for im in images]), topk=topk)
 
 
-def _topk(trained: TrainedModel, batch: torch.Tensor, *, topk: int, device) -> list[list[tuple[str, float]]]:
+def _topk(trained: TrainedModel | OnnxModel, batch: torch.Tensor, *, topk: int) -> list[list[tuple[str, float]]]:
     """Top-k of uint8 images: (N, 28, 28) Fashion-MNIST style, or (N, C, crop, crop) natural ones."""
     classes = trained.classes
     k = max(1, min(topk, len(classes)))
-    natural = is_natural(trained.preprocess)
+    run = _runner(trained)
     out = []
     for chunk in batch.split(256):
-        x = normalize_natural(chunk.to(device), trained.preprocess) if natural else _batch(chunk, trained, device)
-        probs = trained.model(x).float().softmax(dim=1)
+        probs = run(_batch(chunk, trained, run.device)).float().softmax(dim=1)
         p, i = probs.topk(k, dim=1)  # (B, k) each
         for row_p, row_i in zip(p.tolist(), i.tolist(), strict=True):
             out.append([(classes[c], q) for q, c in zip(row_p, row_i, strict=True)])
@@ -305,7 +331,7 @@ def _topk(trained: TrainedModel, batch: torch.Tensor, *, topk: int, device) -> l
 
 
 def predict_files(
-    checkpoint: str | Path,
+    checkpoint: TrainedModel | OnnxModel | str | Path,
     paths: Sequence[str | Path],
     *,
     topk: int = 3,
@@ -314,15 +340,14 @@ def predict_files(
 ) -> list[tuple[str, str]]:
     """Print one line per image with its top-k classes; return the (path, reason) of each image that failed.
 
-    An unreadable file is reported on stderr by name and the others are still predicted; a bad checkpoint raises
-    ReslabError since nothing can be predicted without it.
+    An unreadable file is reported on stderr by name and the others are still predicted; an image with nothing in
+    it is said to be so; a bad checkpoint raises ReslabError since nothing can be predicted without it.
     """
     if topk < 1:
         raise ReslabError(f"--topk: expected a positive number of classes, got {topk}")
-    dev = pick_device(device)
-    trained = _load(checkpoint, dev)
+    trained = _load(checkpoint, device)
     if is_natural(trained.preprocess):
-        return _predict_natural_files(trained, paths, topk=topk, invert=invert, device=dev)
+        return _predict_natural_files(trained, paths, topk=topk, invert=invert)
     loaded, empty, failures = [], [], []
     for p in paths:
         try:
@@ -340,13 +365,15 @@ def predict_files(
                 file=sys.stderr,
             )
         loaded.append((str(p), _like_fashion_mnist(gray, NATIVE_SIZE)))
-    _print_results(trained, loaded, empty, topk=topk, device=dev)
+    _print_results(trained, loaded, empty, topk=topk)
     if failures:
         print(f"reslab predict: {len(failures)} of {len(paths)} images could not be read", file=sys.stderr)
     return failures
 
 
-def _predict_natural_files(trained: TrainedModel, paths, *, topk: int, invert: bool, device) -> list[tuple[str, str]]:
+def _predict_natural_files(
+    trained: TrainedModel | OnnxModel, paths, *, topk: int, invert: bool
+) -> list[tuple[str, str]]:
     p = _check_natural(trained)
     if invert:
         print(
@@ -365,7 +392,7 @@ def _predict_natural_files(trained: TrainedModel, paths, *, topk: int, invert: b
             empty.append(_empty_line(path, image))
         else:
             loaded.append((str(path), image))
-    _print_results(trained, loaded, empty, topk=topk, device=device)
+    _print_results(trained, loaded, empty, topk=topk)
     if failures:
         print(f"reslab predict: {len(failures)} of {len(paths)} images could not be read", file=sys.stderr)
     return failures
@@ -382,11 +409,11 @@ def _empty_line(path, image) -> str:
 
 
 def _print_results(
-    trained: TrainedModel, loaded: list[tuple[str, torch.Tensor]], empty: list[str], *, topk: int, device
+    trained: TrainedModel | OnnxModel, loaded: list[tuple[str, torch.Tensor]], empty: list[str], *, topk: int
 ) -> None:
     """One line per image: its name and top-k classes with their probabilities; then the empty images."""
     if loaded:
-        results = _topk(trained, torch.stack([t for _, t in loaded]), topk=topk, device=device)
+        results = _topk(trained, torch.stack([t for _, t in loaded]), topk=topk)
         width = max(len(name) for name, _ in loaded)
         for (name, _), pairs in zip(loaded, results, strict=True):
             print(f"{name:<{width}}  " + "  ".join(f"{c} {100 * q:.1f}%" for c, q in pairs))

@@ -236,6 +236,7 @@ FIXED_ON_RESUME = (
     "in_chans",
     "image_size",
     "crop_size",
+    "skip_bad_images",
     "resize",
     "val_size",
     "train_subset",

@@ -30,10 +30,10 @@ from torch import nn
 from reslab import distributed as D
 from reslab.checkpoint import EpochProgress, TrainState, model_from_checkpoint
 from reslab.config import TrainConfig
-from reslab.data import Dataset, load_dataset, make_loaders, make_splits
+from reslab.data import Dataset, folder_options, input_pipeline, load_dataset, make_loaders, make_splits
 from reslab.errors import NonFiniteLossError, ReslabError
 from reslab.evaluate import evaluate
-from reslab.finetune import folder_options, freeze_backbone, input_pipeline, pretrained_model, weights_preprocess
+from reslab.finetune import freeze_backbone, pretrained_model, weights_preprocess
 from reslab.loop import EpochResult, StopRequest, train_one_epoch
 from reslab.models import build_model
 from reslab.optim import Schedule, build_optimizer

@@ -23,7 +23,7 @@ from reslab.data.idx import read_idx, write_idx
 from reslab.data.imagefolder import ImageFiles, export_png_folder, load_imagefolder, read_image
 from reslab.data.loader import BatchLoader, split_train_val
 from reslab.data.mnist import load_kmnist, load_mnist
-from reslab.data.splits import Splits, make_loaders, make_splits
+from reslab.data.splits import Splits, folder_options, input_pipeline, make_loaders, make_splits
 from reslab.data.synthetic import synthetic_dataset
 from reslab.data.transforms import MEAN, STD, prepare_batch
 from reslab.errors import ReslabError
@@ -77,6 +77,8 @@ __all__ = [
     "download",
     "export_png_folder",
     "find_data_dir",
+    "folder_options",
+    "input_pipeline",
     "load_dataset",
     "load_fashion_mnist",
     "load_imagefolder",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -17,6 +18,10 @@ Split = tuple[torch.Tensor, torch.Tensor]  # (uint8 images, int64 labels)
 # the file datasets hold out 5,000 training images (Fashion-MNIST, MNIST, KMNIST: of 60,000; CIFAR: of 50,000, the
 # 45k/5k split of He et al. 2016); others a tenth of theirs
 FIXED_VAL_SIZE = {"fashion-mnist": 5000, "mnist": 5000, "kmnist": 5000, "cifar10": 5000, "cifar100": 5000}
+
+
+# an image folder without pretrained weights is stored at the CIFAR networks' size
+DEFAULT_IMAGE_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -112,3 +117,38 @@ def make_loaders(
         if split is not None:
             loaders[name] = BatchLoader(*split, batch_size=eval_batch, train=False, **common)
     return loaders
+
+
+def folder_options(config: TrainConfig, preprocess: dict[str, Any] | None) -> dict[str, Any]:
+    """load_dataset's options for config.dataset: an image folder is decoded at the weights' resize (or
+    --image-size, or 32), in --in-chans channels (default: the weights', else RGB)."""
+    if config.dataset != "imagefolder":
+        for flag, value in (("--image-size", config.image_size), ("--skip-bad-images", config.skip_bad_images)):
+            if value:
+                raise ReslabError(f"{flag}: an option of --dataset imagefolder only, not of {config.dataset}")
+        return {}
+    size = config.image_size or (preprocess or {}).get("resize") or DEFAULT_IMAGE_SIZE
+    in_chans = config.in_chans or (1 if (preprocess or {}).get("channel_order") == "gray" else 3)
+    return {"image_size": size, "in_chans": in_chans, "skip_bad_images": config.skip_bad_images or None}
+
+
+def input_pipeline(
+    config: TrainConfig, data: Dataset, preprocess: dict[str, Any] | None
+) -> tuple[tuple[float, ...], tuple[float, ...], int | None]:
+    """(mean, std, crop size) the loaders use: the weights' normalisation where they record one for these channels
+    (else the dataset's), and the weights' crop on an image folder (or --crop-size)."""
+    mean, std = data.mean, data.std
+    if preprocess is not None and len(preprocess.get("mean", ())) == data.in_chans:
+        if preprocess.get("channel_order") == "bgr" or float(preprocess.get("value_scale", 1.0)) != 1.0:
+            raise ReslabError(
+                "these weights take BGR images in 0-255 (Caffe's); reslab trains and evaluates on RGB images in "
+                "[0, 1]: use torchvision's or timm's weights of the same network (`reslab predict` takes Caffe's)"
+            )
+        mean, std = tuple(preprocess["mean"]), tuple(preprocess["std"])
+    crop = config.crop_size
+    if crop is None and config.dataset == "imagefolder" and preprocess is not None:
+        crop = preprocess.get("crop")
+    h, w = data.image_size
+    if crop is not None and crop > min(h, w):
+        raise ReslabError(f"--crop-size: expected at most the stored image size {min(h, w)}, got {crop}")
+    return tuple(mean), tuple(std), crop

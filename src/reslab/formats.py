@@ -1,0 +1,152 @@
+"""How reslab describes a model inside files meant for other tools: safetensors, ONNX and torch.export (.pt2).
+
+Every exported file carries the same description as a reslab checkpoint (reslab.checkpoint), less the training
+state: "format_version", "reslab_version", "model_name", "model_kwargs" (build_model's), "input_size" [C, H, W],
+"classes", "preprocess" (what a new image goes through before the model, see below) and, where known, "source" (where
+the weights came from), "config" (what it was trained with) and "epoch". ONNX's metadata_props and safetensors'
+`__metadata__` are maps of strings to strings, so there each entry is stored as its own JSON text under its own key:
+a tool that knows nothing of reslab still reads `model_name` or `classes` with one json.loads.
+
+The "preprocess" of a model trained before checkpoints recorded it (None) is Fashion-MNIST's, written out in full, so
+that an exported file says its normalisation to whoever reads it.
+
+reslab's safetensors file is the model's state_dict, every buffer included (BN running statistics and
+num_batches_tracked), under its own key names and dtypes, with that description in the header. It reads back as a
+weights-only checkpoint dict (`read_safetensors`), so `reslab.load_checkpoint("model.safetensors")` works.
+The `safetensors` package is optional (`pip install 'reslab[export]'`): it is imported where it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reslab import __version__
+from reslab.data.transforms import MEAN, STD
+from reslab.errors import ReslabError
+
+FORMAT_VERSION = 2  # the checkpoint format version the description follows (reslab.checkpoint.FORMAT_VERSION)
+REQUIRED = ("model_name", "model_kwargs", "input_size", "classes")
+OPTIONAL = ("preprocess", "source", "config", "epoch")
+KNOWN = ("format_version", "reslab_version", *REQUIRED, *OPTIONAL)
+EXTRA_HINT = "pip install 'reslab[export]' (onnx, onnxscript, onnxruntime, safetensors)"
+
+
+def require(module: str, what: str) -> Any:
+    """Import an optional dependency, or a ReslabError saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ReslabError(f"{what} needs the Python package {module.split('.')[0]!r}: {EXTRA_HINT}") from None
+
+
+def fashion_mnist_preprocess(in_chans: int = 1) -> dict[str, Any]:
+    """What reslab.predict does to an image for a checkpoint without a "preprocess" entry (Fashion-MNIST's)."""
+    return {
+        "mean": [MEAN] * in_chans,
+        "std": [STD] * in_chans,
+        "value_scale": 1.0,
+        "channel_order": "gray" if in_chans == 1 else "rgb",
+        "resize": None,
+        "crop": None,
+        "interpolation": "bilinear",
+        "style": "fashion-mnist",
+    }
+
+
+def describe(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-able description of the model in a checkpoint dict (read_checkpoint's): no tensors, no training
+    state except the config it was trained with."""
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise ReslabError(f"checkpoint {ckpt.get('path', '?')!r}: does not describe its model (missing {missing})")
+    desc = {
+        "format_version": FORMAT_VERSION,
+        "reslab_version": __version__,
+        "model_name": ckpt["model_name"],
+        "model_kwargs": dict(ckpt["model_kwargs"]),
+        "input_size": [int(v) for v in ckpt["input_size"]],
+        "classes": [str(c) for c in ckpt["classes"]],
+        "preprocess": ckpt.get("preprocess") or fashion_mnist_preprocess(int(ckpt["input_size"][0])),
+    }
+    for key in ("source", "config", "epoch"):
+        if ckpt.get(key) is not None:
+            desc[key] = ckpt[key]
+    try:
+        json.dumps(desc)
+    except (TypeError, ValueError) as e:
+        raise ReslabError(f"checkpoint {ckpt.get('path', '?')!r}: its description is not JSON ({e})") from None
+    return desc
+
+
+def to_strings(desc: dict[str, Any]) -> dict[str, str]:
+    """The description as a map of strings (ONNX metadata_props, safetensors __metadata__): one JSON text a key."""
+    return {key: json.dumps(value) for key, value in desc.items()}
+
+
+def from_strings(strings: dict[str, str], path: str | Path) -> dict[str, Any]:
+    """The description back from `to_strings`' map; ReslabError naming `path` if it is not reslab's."""
+    missing = [k for k in REQUIRED if k not in strings]
+    if missing:
+        raise ReslabError(
+            f"{str(path)!r}: has no reslab description (missing {', '.join(missing)} in its metadata); "
+            "export it with `reslab export`"
+        )
+    try:
+        desc = {k: json.loads(strings[k]) for k in KNOWN if k in strings}
+    except json.JSONDecodeError as e:
+        raise ReslabError(f"{str(path)!r}: its reslab metadata is not valid JSON ({e})") from None
+    desc.setdefault("format_version", FORMAT_VERSION)
+    return desc
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# safetensors
+
+
+def write_safetensors(ckpt: dict[str, Any], path: str | Path) -> Path:
+    """The weights of `ckpt` (its "model" state_dict, buffers included) and its description, in one .safetensors."""
+    st = require("safetensors.torch", "writing a .safetensors file")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in ckpt["model"].items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # weights only: no training config (a checkpoint with one would look like a run to continue or evaluate)
+    desc = {k: v for k, v in describe(ckpt).items() if k not in ("config", "epoch")}
+    st.save_file(tensors, str(path), metadata=to_strings(desc))
+    return path
+
+
+def read_safetensors(path: str | Path) -> dict[str, Any]:
+    """A reslab .safetensors file -> a weights-only checkpoint dict (format 2: the description and "model")."""
+    path = Path(path)
+    st = require("safetensors", f"reading {str(path)!r}")
+    try:
+        with st.safe_open(str(path), framework="pt") as f:
+            strings = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+    except FileNotFoundError:
+        raise ReslabError(f"checkpoint {str(path)!r}: no such file") from None
+    except Exception as e:  # safetensors raises its own SafetensorError on a damaged header
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ReslabError(f"checkpoint {str(path)!r}: not a safetensors file ({why})") from None
+    desc = from_strings(strings, path)
+    return {**desc, "model": state}
+
+
+def state_dict_differences(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+    """The keys on which two state dicts differ in name, dtype, shape or any bit; [] when identical."""
+    diff = sorted(set(a) ^ set(b))
+    for k in sorted(set(a) & set(b)):
+        x, y = a[k].detach().cpu(), b[k].detach().cpu()
+        if x.dtype != y.dtype or x.shape != y.shape or not torch.equal(_bits(x), _bits(y)):
+            diff.append(k)
+    return diff
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    # the raw bytes: torch.equal on floats would call -0.0 equal to 0.0 and NaN unequal to itself
+    return t.contiguous().reshape(-1).view(torch.uint8)
