@@ -43,8 +43,8 @@ def test_d2l_recipe_is_the_seeds_configuration():
 
 
 def test_a_closed_pipe_is_not_a_traceback():
-    # `reslab models | head -1` where head has already gone: every write meets a closed pipe
-    p = subprocess.Popen([sys.executable, "-m", "reslab", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # `reslab weights | head -1` where head has already gone: every write meets a closed pipe
+    p = subprocess.Popen([sys.executable, "-m", "reslab", "weights"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     p.stdout.close()
     assert p.wait(timeout=120) == 0
     assert b"Error" not in p.stderr.read()
