@@ -252,7 +252,12 @@ def _add_eval(sub):
         help="a .pt file written by `reslab train` (or its run folder) or `reslab convert`, or an .onnx exported "
         "from one",
     )
-    p.add_argument("--split", choices=["val", "test"], default="test", help="the split to evaluate (default: test)")
+    p.add_argument(
+        "--split",
+        choices=["val", "test"],
+        default=None,
+        help="the split to evaluate (default: test, or val for data without a test split)",
+    )
     p.add_argument(
         "--dataset",
         choices=list(DATASETS),

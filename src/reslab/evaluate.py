@@ -129,7 +129,7 @@ class CheckpointEval:
 def evaluate_checkpoint(
     checkpoint: str | Path,
     *,
-    split: str = "test",
+    split: str | None = None,
     dataset: str | None = None,
     data_dir: str | None = None,
     batch_size: int = 512,
@@ -138,14 +138,15 @@ def evaluate_checkpoint(
     data: Dataset | None = None,
     quiet: bool = False,
 ) -> CheckpointEval:
-    """Evaluate a checkpoint (file or run folder) on the "val" or "test" split of the data it was trained on, with
+    """Evaluate a checkpoint (file or run folder) on the "val" or "test" split (default: test, or val where the data
+    has no test split) of the data it was trained on, with
     the normalisation and crop it was trained with; a weights-only checkpoint (`reslab convert`) on `dataset`
     (with `data_dir`): its test split, or every image of a folder without one.
 
     Prints the accuracy and a per-class table, writes the confusion matrix image (confusion_matrix.png for the test
     split, confusion_matrix_val.png for val) into `output` or the checkpoint's folder. `data` replaces loading one.
     """
-    if split not in ("val", "test"):
+    if split not in (None, "val", "test"):
         raise ReslabError(f"--split: expected val or test, got {split!r}")
     if batch_size < 1:
         raise ReslabError(f"--batch-size: expected a positive batch size, got {batch_size}")
@@ -171,6 +172,8 @@ def evaluate_checkpoint(
             f"--dataset {config.dataset}: {data.source} has {len(data.classes)} classes, the model {len(m.classes)}"
         )
     splits = make_splits(data, config)
+    if split is None:  # the test split, or the validation split of data without one (an image folder)
+        split = "test" if splits.test is not None or splits.val is None else "val"
     chosen = splits.get(split)
     if chosen is None and m.config is None and splits.val is None and splits.test is None:
         split, chosen = "all", splits.train  # a folder of images without train/val/test sub-folders: all of it
