@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -84,16 +83,9 @@ def at_step():
 # a kill during a checkpoint write
 
 SLOW_SAVE_RUN = """
-import io, sys, time, torch
-real_save = torch.save
-def slow_save(obj, f, *a, **k):  # a checkpoint write that takes about a second, so the kill lands inside it
-    buf = io.BytesIO(); real_save(obj, buf, *a, **k); data = buf.getvalue()
-    for i in range(0, len(data), len(data) // 50 + 1):
-        f.write(data[i : i + len(data) // 50 + 1]); f.flush(); time.sleep(0.02)
-torch.save = slow_save
-import os
+import os, sys, time
 real_fsync = os.fsync
-def slow_fsync(fd):  # the written temporary file waits a second for its rename: the kill lands in between
+def slow_fsync(fd):  # a written temporary file waits a second for its rename: the kill lands in between
     time.sleep(1.0); real_fsync(fd)
 os.fsync = slow_fsync
 from reslab.config import make_config
@@ -109,10 +101,9 @@ def test_a_kill_during_a_checkpoint_write_leaves_a_loadable_last_pt_and_the_next
     proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], env={**os.environ, "OMP_NUM_THREADS": "1"})
     run = tmp_path / "run"
     try:
-        deadline = time.monotonic() + 120
-        # wait for the second write: a last.pt exists and the next one is being written
+        # wait for the second write: a last.pt exists and the next one is being written (pytest-timeout bounds it)
         while not ((run / "last.pt").exists() and list(run.glob(".last.pt.tmp*"))):
-            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before a second save"
+            assert proc.poll() is None, "the run ended before a second save"
             time.sleep(0.01)
         time.sleep(0.2)
         proc.send_signal(signal.SIGKILL)
@@ -404,11 +395,6 @@ def test_the_issue_s_momentum_nan_is_refused_before_training(tmp_path, capsys):
     code, _, err = train_cli(capsys, "--momentum", "nan", "--output", str(tmp_path))
     assert code == 2 and "--momentum: expected a momentum in [0, 1), got nan" in err
     assert not any(tmp_path.iterdir())
-
-
-def test_the_slow_save_script_is_the_tiny_config(tmp_path):
-    # guards the kill test: its child process must train the same tiny run as this module
-    assert textwrap.dedent(SLOW_SAVE_RUN).count("{TINY}") == 1
 
 
 def test_the_readme_lists_exactly_the_flags_that_may_change_on_resume():
