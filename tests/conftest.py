@@ -1,6 +1,10 @@
 """Fixtures shared by several test files."""
 
+import functools
+import http.server
 import socket
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -11,3 +15,40 @@ def unused_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class StaticServer:
+    """A static file server for `root` on 127.0.0.1, recording the paths asked for: downloads without a network."""
+
+    def __init__(self, root: Path, prefix: str = ""):
+        self.root, self.requests = root, []
+        root.mkdir(parents=True, exist_ok=True)
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                server.requests.append(self.path)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/{prefix}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def serve():
+    """serve(root, prefix="") -> a StaticServer of `root` whose .url ends with `prefix`; stopped after the test."""
+    servers = []
+
+    def start(root: Path, prefix: str = "") -> StaticServer:
+        servers.append(StaticServer(root, prefix))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()

@@ -6,12 +6,9 @@ every test, and the table of expected files is swapped for a small one (60 + 20 
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
-import http.server
 import re
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -242,33 +239,9 @@ def test_no_data_anywhere_is_found_as_none(tmp_path):
 # download (from a server on 127.0.0.1) and the offline message
 
 
-class _Server:
-    """A static file server on 127.0.0.1 that records the paths asked for."""
-
-    def __init__(self, root: Path):
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def log_message(self, *args):
-                server.requests.append(self.path)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/data/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
-
-
 @pytest.fixture
-def server(tmp_path):
-    s = _Server(tmp_path / "www")
-    yield s
-    s.close()
+def server(tmp_path, serve):
+    return serve(tmp_path / "www", "data/")
 
 
 def test_download_into_the_cache_when_nothing_is_found(tmp_path, monkeypatch, server, capsys):

@@ -8,10 +8,8 @@ every download URL are redirected, so no real data or network is reached.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import gzip
 import hashlib
-import http.server
 import io
 import os
 import pickle
@@ -19,7 +17,6 @@ import struct
 import subprocess
 import sys
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -743,29 +740,6 @@ def test_data_pipeline_benchmark_reports_ratios(tmp_path):
 # a static file server on 127.0.0.1
 
 
-class _Server:
-    def __init__(self, root: Path):
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-
-        class Quiet(http.server.SimpleHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-        handler = functools.partial(Quiet, directory=str(root))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/data/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
-
-
 @pytest.fixture
-def server(tmp_path):
-    s = _Server(tmp_path / "www")
-    yield s
-    s.close()
+def server(tmp_path, serve):
+    return serve(tmp_path / "www", "data/")

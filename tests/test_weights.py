@@ -9,13 +9,10 @@ written from the sources' own definitions. The one real file is akamaster's ResN
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
-import http.server
 import io
 import json
 import math
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -227,31 +224,9 @@ def test_akamaster_format_is_recognised_from_a_legacy_th_file(tmp_path):
 # torchvision-style files: download, the caches, the hash on every load
 
 
-class _Server:
-    def __init__(self, root: Path):
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def log_message(self, *args):
-                server.requests.append(self.path)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
-
-
 @pytest.fixture
-def server(tiny_resnet18):
-    s = _Server(tiny_resnet18[1].parent)
-    yield s
-    s.close()
+def server(tiny_resnet18, serve):
+    return serve(tiny_resnet18[1].parent)
 
 
 def test_url_is_downloaded_once_and_its_hash_checked_on_every_load(tiny_resnet18, server):

@@ -346,52 +346,33 @@ def predict_files(
     if topk < 1:
         raise ReslabError(f"--topk: expected a positive number of classes, got {topk}")
     trained = _load(checkpoint, device)
-    if is_natural(trained.preprocess):
-        return _predict_natural_files(trained, paths, topk=topk, invert=invert)
+    natural = is_natural(trained.preprocess)
+    if natural:
+        preprocess = _check_natural(trained)
+        if invert:
+            print(
+                "reslab predict: note: --invert is for Fashion-MNIST models; this one takes images as they are",
+                file=sys.stderr,
+            )
     loaded, empty, failures = [], [], []
     for p in paths:
         try:
-            gray = _read_gray(p, size=NATIVE_SIZE, invert=invert)
+            image = load_natural_image(p, preprocess) if natural else _read_gray(p, size=NATIVE_SIZE, invert=invert)
         except ReslabError as e:
             failures.append((str(p), str(e)))
             print(f"reslab predict: {e}", file=sys.stderr)
             continue
-        if _is_empty(gray):
-            empty.append(_empty_line(p, gray))
-            continue
-        if not invert and _background_level(gray) >= 128:
-            print(
-                f"reslab predict: note: {str(p)!r} has a light background; for a dark object use --invert",
-                file=sys.stderr,
-            )
-        loaded.append((str(p), _like_fashion_mnist(gray, NATIVE_SIZE)))
-    _print_results(trained, loaded, empty, topk=topk)
-    if failures:
-        print(f"reslab predict: {len(failures)} of {len(paths)} images could not be read", file=sys.stderr)
-    return failures
-
-
-def _predict_natural_files(
-    trained: TrainedModel | OnnxModel, paths, *, topk: int, invert: bool
-) -> list[tuple[str, str]]:
-    p = _check_natural(trained)
-    if invert:
-        print(
-            "reslab predict: note: --invert is for Fashion-MNIST models; this one takes images as they are",
-            file=sys.stderr,
-        )
-    loaded, empty, failures = [], [], []
-    for path in paths:
-        try:
-            image = load_natural_image(path, p)
-        except ReslabError as e:
-            failures.append((str(path), str(e)))
-            print(f"reslab predict: {e}", file=sys.stderr)
-            continue
         if _is_empty(image):
-            empty.append(_empty_line(path, image))
-        else:
-            loaded.append((str(path), image))
+            empty.append(_empty_line(p, image))
+            continue
+        if not natural:
+            if not invert and _background_level(image) >= 128:
+                print(
+                    f"reslab predict: note: {str(p)!r} has a light background; for a dark object use --invert",
+                    file=sys.stderr,
+                )
+            image = _like_fashion_mnist(image, NATIVE_SIZE)
+        loaded.append((str(p), image))
     _print_results(trained, loaded, empty, topk=topk)
     if failures:
         print(f"reslab predict: {len(failures)} of {len(paths)} images could not be read", file=sys.stderr)
