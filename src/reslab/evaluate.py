@@ -6,6 +6,7 @@ summed over processes, so the accuracy is exactly that of a single-process evalu
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,7 @@ class _Loaded:
     names: dict[str, Any]  # path, model_name, epoch: what the report names
     config: TrainConfig | None  # None: weights only (from `reslab convert`)
     classes: tuple[str, ...]
+    input_size: tuple[int, int, int]  # (C, H, W) the model takes
     preprocess: dict[str, Any] | None
     model: nn.Module | Runner
     device: torch.device
@@ -102,7 +104,7 @@ def _load_for_eval(checkpoint: str | Path, device: str) -> _Loaded:
             raise ReslabError(f"--device {device}: an ONNX file runs on the CPU (ONNX Runtime's CPU build); use cpu")
         m = load_onnx(checkpoint)
         names = {"path": m.path, "model_name": m.model_name, "epoch": m.epoch}
-        return _Loaded(names, m.config, m.classes, m.preprocess, m.runner, m.runner.device, None)
+        return _Loaded(names, m.config, m.classes, m.input_size, m.preprocess, m.runner, m.runner.device, None)
     ckpt = read_checkpoint(checkpoint)
     dev = pick_device(device)
     trained = trained_model(ckpt)
@@ -111,7 +113,7 @@ def _load_for_eval(checkpoint: str | Path, device: str) -> _Loaded:
     model = trained.model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     amp_dtype = resolve_amp(config.amp, dev) if config is not None else None
     names = {"path": ckpt["path"], "model_name": ckpt["model_name"], "epoch": ckpt.get("epoch")}
-    return _Loaded(names, config, trained.classes, trained.preprocess, model, dev, amp_dtype)
+    return _Loaded(names, config, trained.classes, trained.input_size, trained.preprocess, model, dev, amp_dtype)
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,8 @@ def evaluate_checkpoint(
                 "--dataset (and --data-dir) to evaluate it on"
             )
         config = make_config(dataset=dataset or "imagefolder", data_dir=data_dir, val_size=0, channels_last=False)
+        if (m.preprocess or {}).get("style", "fashion-mnist") == "fashion-mnist" and m.input_size[1] != 28:
+            config = dataclasses.replace(config, resize=m.input_size[1])  # trained at --resize (the seeds' 96)
     elif dataset is not None and dataset != config.dataset:
         raise ReslabError(f"--dataset {dataset}: the run in {path} was trained on {config.dataset}; leave it out")
     if data is None:
