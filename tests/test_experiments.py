@@ -124,9 +124,9 @@ def test_depths_default_and_parse():
 @pytest.fixture
 def no_fashion_mnist(monkeypatch):
     """--quick must run where Fashion-MNIST is not installed (CI): it falls back to the synthetic stand-in."""
-    import reslab.experiments
+    import reslab.experiments.degradation
 
-    monkeypatch.setattr(reslab.experiments, "find_data_dir", lambda data_dir=None: None)
+    monkeypatch.setattr(reslab.experiments.degradation, "find_data_dir", lambda data_dir=None: None)
 
 
 def test_quick_degradation_from_the_cli(tmp_path, capsys, no_fashion_mnist):

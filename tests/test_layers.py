@@ -18,7 +18,7 @@ LAYERS = [
     {"formats"},
     {"checkpoint"},
     {"runners"},
-    {"evaluate", "optim", "weights"},
+    {"evaluate", "optim", "weights", "understand"},
     {"loop", "finetune"},
     {"runs"},
     {"train"},

@@ -1,0 +1,304 @@
+"""`reslab experiment lesion`: delete and reorder blocks of the trained ResNet-56 and plain-56 at test time.
+
+Veit, Wilber and Belongie (2016), "Residual Networks Behave Like Ensembles of Relatively Shallow Networks": deleting
+one block of a trained residual network leaves every path that skipped it, so the test error barely moves, except at
+the blocks that change resolution (their shortcut is not an identity); deleting k random blocks raises the error
+smoothly with k; reordering blocks hurts little. A plain network has one path: removing a layer breaks it, and its
+error goes towards chance. The measurements are reslab.understand.lesion's; this module picks the networks (those
+`reslab experiment degradation` trained), a fixed subset of the test set, and writes the figure, table, numbers and
+a verdict computed from them.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib.ticker import MaxNLocator
+
+from reslab.errors import ReslabError
+from reslab.experiments.degradation import default_output, degradation_runs, experiment_setup
+from reslab.experiments.harness import duration, machine_info, write_csv, write_json
+from reslab.experiments.networks import Network, fixed_subset, torch_threads, trained_networks
+from reslab.plots import pyplot
+from reslab.understand import evaluator, lesion_study, summarize_lesions
+
+# measured on the 2-core AMD EPYC (1 thread, load ~3): one evaluation of ResNet-56 on 500 images takes 2-4 s, and
+# each network needs 27 + 3*10 + 3*10 = 87 of them
+DEFAULTS = dict(depths=(56,), test_size=500, max_k=10, draws=3)
+QUICK = dict(depths=(20,), test_size=128, max_k=3, draws=2)
+NEAR_CHANCE = 0.05  # an intact test error within 5 points of chance: the network learned (almost) nothing
+
+
+@dataclass(frozen=True)
+class LesionVerdict:
+    residual_robust: bool  # one block deleted moves the residual network less than a tenth of the way to chance
+    plain_collapses: bool  # one block deleted takes the plain network more than half of the way to chance
+    text: str
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def _pts(v: float) -> str:
+    return f"{100 * v:+.1f} points"
+
+
+def lesion_verdict(residual: dict[str, Any], plain: dict[str, Any], *, chance: float, depth: int) -> LesionVerdict:
+    """What `summarize_lesions` found for ResNet-`depth` and plain-`depth`, in words; `chance` = 1 - 1/classes.
+
+    The thresholds are stated in the text: "robust" is a median damage below a tenth of the distance from the
+    intact error to chance, "collapses" a median error past half of it.
+    """
+    r, p = residual, plain
+    r_damage, p_damage = r["single_median"] - r["baseline"], p["single_median"] - p["baseline"]
+    # a network already near chance has nothing to lose: neither claim can be made of it
+    learned = min(chance - r["baseline"], chance - p["baseline"]) > NEAR_CHANCE
+    residual_robust = learned and r_damage < 0.1 * (chance - r["baseline"])
+    plain_collapses = learned and p_damage > 0.5 * (chance - p["baseline"])
+    lines = [
+        f"Deleting one block that keeps the shape (test error, chance {_pct(chance)}): ResNet-{depth} "
+        f"{_pct(r['baseline'])} -> median {_pct(r['single_median'])} ({_pts(r_damage)}; worst "
+        f"{_pct(r['single_max'])} without {r['single_max_block']}); plain-{depth} {_pct(p['baseline'])} -> median "
+        f"{_pct(p['single_median'])} ({_pts(p_damage)}).",
+    ]
+    if r["downsampling_mean"] is not None:
+        worse = r["downsampling_mean"] > r["single_max"]
+        lines.append(
+            f"Deleting a block that changes the resolution: ResNet-{depth} {_pct(r['downsampling_mean'])} on average"
+            + (", worse than any other block, as Veit et al. found." if worse else ", no worse than the worst other.")
+            + (
+                f" plain-{depth}'s {len(p['not_removed'])} such blocks cannot be removed (nothing carries their input "
+                "to the next shape)."
+                if p["not_removed"]
+                else ""
+            )
+        )
+    ks = sorted(set(r["random_mean"]) & set(p["random_mean"]))
+    if ks:
+        lines.append(
+            f"Deleting k random blocks (mean over draws): ResNet-{depth} "
+            + ", ".join(f"k={k} {_pct(r['random_mean'][k])}" for k in ks)
+            + f"; plain-{depth} "
+            + ", ".join(f"k={k} {_pct(p['random_mean'][k])}" for k in ks)
+            + "."
+        )
+    ks = sorted(set(r["reorder_mean"]) & set(p["reorder_mean"]))
+    if ks:
+        lo, hi = ks[0], ks[-1]
+        lines.append(
+            f"Swapping k random pairs of same-shape blocks: ResNet-{depth} k={lo} {_pct(r['reorder_mean'][lo])}, "
+            f"k={hi} {_pct(r['reorder_mean'][hi])}; plain-{depth} k={lo} {_pct(p['reorder_mean'][lo])}, k={hi} "
+            f"{_pct(p['reorder_mean'][hi])}."
+        )
+    if not learned:
+        lines.append(
+            f"Verdict: none: an intact network is within {100 * NEAR_CHANCE:.0f} points of chance, so deleting "
+            "its blocks cannot show what it relies on (train it longer)."
+        )
+    elif residual_robust and plain_collapses:
+        lines.append(
+            f"Verdict: as Veit et al. (2016), ResNet-{depth} behaves like an ensemble of shallower paths (one block "
+            f"fewer costs it {_pts(r_damage)}, less than a tenth of the way to chance) while plain-{depth}, a single "
+            "path, breaks (more than half of the way to chance)."
+        )
+    elif residual_robust:
+        lines.append(
+            f"Verdict: ResNet-{depth} shrugs off a deleted block, but plain-{depth} does not collapse here "
+            "(its median error stays below half of the way to chance)."
+        )
+    elif plain_collapses:
+        lines.append(
+            f"Verdict: plain-{depth} collapses, but ResNet-{depth} is hurt too (one block fewer costs "
+            f"{_pts(r_damage)}, more than a tenth of the way to chance): not the ensemble-like robustness of the paper."
+        )
+    else:
+        lines.append(
+            "Verdict: neither the ensemble-like robustness of the residual network nor the plain one's collapse."
+        )
+    return LesionVerdict(residual_robust, plain_collapses, "\n".join(lines))
+
+
+def _rows(label: str, study: dict[str, Any]) -> list[dict[str, Any]]:
+    """All evaluations of one network as CSV rows: intact, single, random, reorder."""
+    rows = [{"network": label, "experiment": "intact", **study["baseline"]}]
+    for r in study["single"]:
+        rows.append({"network": label, "experiment": "single", "blocks": r["block"], **r})
+    for r in study["random"]:
+        rows.append({"network": label, "experiment": "random", **r})
+    for r in study["reorder"]:
+        rows.append({"network": label, "experiment": "reorder", "blocks": r["swaps"], **r})
+    return rows
+
+
+COLUMNS = ["network", "experiment", "position", "blocks", "downsampling", "k", "draw", "kendall_tau", "error", "loss"]
+
+
+def plot_lesions(studies: dict[str, dict[str, Any]], path: str | Path, *, chance: float, title: str = "") -> Path:
+    """Three panels as Veit et al.'s figs. 3 and 5: each block deleted, k random blocks deleted, blocks reordered."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    colours = {"residual": "tab:blue", "plain": "tab:red"}
+    for label, study in studies.items():
+        c = colours[study["family"]]
+        single = [r for r in study["single"] if r["error"] is not None]
+        ax = axes[0]
+        # a block that cannot be removed (plain, changes shape) is a gap in the line, not a point
+        errors = [math.nan if r["error"] is None else 100 * r["error"] for r in study["single"]]
+        ax.plot([r["position"] + 1 for r in study["single"]], errors, "o-", ms=3.5, c=c, label=label)
+        down = [r for r in single if r["downsampling"]]
+        ax.plot([r["position"] + 1 for r in down], [100 * r["error"] for r in down], "s", ms=8, mfc="none", c=c)
+        ax.axhline(100 * study["baseline"]["error"], ls="--", lw=1, c=c)
+        by_k: dict[int, list[float]] = {}
+        for r in study["random"]:
+            by_k.setdefault(r["k"], []).append(100 * r["error"])
+        ks = sorted(by_k)
+        means = [statistics.fmean(by_k[k]) for k in ks]
+        lo = [m - min(by_k[k]) for k, m in zip(ks, means, strict=True)]
+        hi = [max(by_k[k]) - m for k, m in zip(ks, means, strict=True)]
+        axes[1].errorbar(ks, means, yerr=[lo, hi], fmt="o-", ms=4, capsize=3, c=c, label=label)
+        axes[2].plot(
+            [r["kendall_tau"] for r in study["reorder"]], [100 * r["error"] for r in study["reorder"]], "o", ms=4,
+            c=c, alpha=0.7, label=label,
+        )  # fmt: skip
+    for ax in axes:
+        ax.axhline(100 * chance, ls=":", lw=1, c="gray", label="chance")
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("test error (%)")
+        ax.grid(alpha=0.3)
+    axes[0].set_xlabel("deleted block (input to output); squares: it changes the resolution")
+    axes[0].set_title("each block deleted in turn (dashed: intact)")
+    axes[1].set_xlabel("number of blocks deleted (k)")
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[1].set_title("k random blocks deleted (mean, min-max over draws)")
+    axes[2].set_xlabel("Kendall tau of the new block order (1 = original)")
+    axes[2].set_title("random pairs of same-shape blocks swapped")
+    axes[2].invert_xaxis()
+    axes[0].legend(loc="center right", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def format_lesion_table(summaries: dict[str, dict[str, Any]], times: dict[str, float]) -> str:
+    lines = [
+        "| network | intact | one block deleted: median | worst (block) | a downsampling block deleted | "
+        "k random deleted: k=1 | k=max | k swaps: k=max | time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, s in summaries.items():
+        random, reorder = s["random_mean"], s["reorder_mean"]
+        kmax = max(random) if random else None
+        rmax = max(reorder) if reorder else None
+        worst = "-" if s["single_max"] is None else f"{_pct(s['single_max'])} ({s['single_max_block']})"
+        down = "not removable" if s["not_removed"] else _pct(s["downsampling_mean"])
+        lines.append(
+            f"| {label} | {_pct(s['baseline'])} | {_pct(s['single_median'])} | {worst} | {down} | "
+            f"{_pct(random.get(1))} | {_pct(random.get(kmax))} (k={kmax}) | {_pct(reorder.get(rmax))} (k={rmax}) | "
+            f"{duration(times[label])} |"
+        )
+    return "\n".join(lines)
+
+
+def run_lesion(
+    *,
+    depths: Sequence[int] | None = None,
+    networks: str | Path | None = None,
+    output: str | Path | None = None,
+    data_dir: str | None = None,
+    seed: int = 0,
+    quick: bool = False,
+    threads: int | None = None,
+    test_size: int | None = None,
+    max_k: int | None = None,
+    draws: int | None = None,
+) -> tuple[dict[str, Any], str]:
+    """The lesion study of ResNet-D and plain-D for each D in `depths`; writes its outputs, returns (doc, verdict).
+
+    networks: the degradation experiment's folder (default runs/experiments/degradation, or -quick); the networks
+    missing there are trained first. test_size images of the test set (a fixed subset drawn by `seed`), k = 1..max_k
+    random blocks deleted and k random pairs swapped, `draws` times each.
+    """
+    d = QUICK if quick else DEFAULTS
+    depths = tuple(depths or d["depths"])
+    test_size, max_k, draws = test_size or d["test_size"], max_k or d["max_k"], draws or d["draws"]
+    for flag, v in (("--test-size", test_size), ("--max-k", max_k), ("--draws", draws)):
+        if v < 1:
+            raise ReslabError(f"{flag}: expected a positive number, got {v}")
+    if threads is None and quick:
+        threads = 1
+    output = Path(output or default_output("lesion", quick))
+    networks = Path(networks or default_output("degradation", quick))
+    t_start = time.perf_counter()
+    config, data = experiment_setup("degradation", seed=seed, data_dir=data_dir, quick=quick, threads=threads)
+    images, labels, index = fixed_subset(data.test_images, data.test_labels, test_size, seed=seed)
+    chance = 1 - 1 / data.num_classes
+    with torch_threads(threads):
+        machine = machine_info()
+        nets: list[Network] = trained_networks(degradation_runs(depths), config=config, data=data, networks=networks)
+        studies, summaries, times, rows = {}, {}, {}, []
+        for net in nets:
+            t0 = time.perf_counter()
+            print(f"{net.label}: lesion study on {len(labels)} test images", flush=True)
+            evaluate = evaluator(net.inputs(images), labels, batch_size=500)
+            study = lesion_study(net.model, evaluate, ks=tuple(range(1, max_k + 1)), draws=draws, seed=seed)
+            times[net.label] = time.perf_counter() - t0
+            studies[net.label] = {"family": net.run.family, "depth": net.run.depth, **study}
+            summaries[net.label] = summarize_lesions(study)
+            rows += _rows(net.label, study)
+            print(f"    {net.label}: {duration(times[net.label])}", flush=True)
+
+    verdicts = []
+    for depth in depths:
+        verdicts.append(
+            lesion_verdict(summaries[f"ResNet-{depth}"], summaries[f"plain-{depth}"], chance=chance, depth=depth).text
+        )
+    verdict = "\n\n".join(verdicts)
+    if quick:
+        verdict += "\n(--quick: networks trained for 4 steps on a tiny subset; a pipeline check, not the finding)"
+
+    output.mkdir(parents=True, exist_ok=True)
+    title = f"Lesion study (Veit et al. 2016) on {len(labels):,} test images"
+    plot_lesions(studies, output / "figure.png", chance=chance, title=title + (" (--quick)" if quick else ""))
+    (output / "table.md").write_text(format_lesion_table(summaries, times) + "\n")
+    write_csv(output / "results.csv", rows, COLUMNS)
+    elapsed = time.perf_counter() - t_start
+    doc = {
+        "experiment": "lesion",
+        "settings": {
+            "depths": list(depths),
+            "test_size": len(labels),
+            "test_subset_seed": seed,
+            "ks": list(range(1, max_k + 1)),
+            "draws": draws,
+            "seed": seed,
+            "quick": quick,
+            "networks_dir": str(networks),
+        },
+        "machine": machine,
+        "load_average_1min_at_end": machine_info().get("load_average_1min"),
+        "time_s": elapsed,
+        "networks": [net.describe() | {"time_s": times[net.label]} for net in nets],
+        "summaries": summaries,
+        "studies": studies,
+        "test_indices": index,
+        "verdict": verdict,
+    }
+    write_json(output / "results.json", doc)
+    (output / "verdict.txt").write_text(verdict + "\n")
+    print()
+    print(format_lesion_table(summaries, times))
+    print()
+    print(verdict)
+    print(f"\nlesion study in {duration(elapsed)}; figure, table and numbers in {output}/")
+    return doc, verdict
