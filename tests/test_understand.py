@@ -13,8 +13,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from reslab.checkpoint import TrainedModel
+from reslab.cli import main
+from reslab.data.transforms import MEAN, STD
 from reslab.errors import ReslabError
 from reslab.models import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, ResNet, build_model
+from reslab.predict import predict_files
 from reslab.understand import (
     BranchRemoved,
     calibrate_bn,
@@ -47,6 +51,7 @@ from reslab.understand import (
     summarize_lesions,
     summarize_surface,
 )
+from reslab.understand.cam import jet
 
 WIDTHS = (4, 8, 16)
 
@@ -385,9 +390,14 @@ def test_calibrate_bn_makes_eval_mode_match_train_mode():
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Grad-CAM
-
-# 4 classes, each a 5x5 bright shape (plus, square, horizontal bar, vertical bar) at a random place on noise: the
-# evidence for the class is where the shape is, so Grad-CAM must light up there
+#
+# The task where the answer is known: 4 classes, each a 5x5 bright shape (plus, square, horizontal bar, vertical bar)
+# at a random place on noise. The evidence for the class is the shape, wherever it is, so Grad-CAM must light up
+# there. Why not "the class is where a bright patch is" (a quadrant task)? A network that ends in global average
+# pooling is translation-equivariant up to its pooling, so the only thing that tells it where the patch is are the
+# zero-padded borders: it learns the position from how the patch's features meet the edges, and Grad-CAM then
+# (rightly) does not point at the patch: measured in phase 1, its peak fell on the patch at chance rate. A task
+# whose class is *what* is at a random place is the one where "the CAM should be on the object" is the truth.
 _SHAPES = torch.zeros(4, 5, 5)
 _SHAPES[0, 2, :] = _SHAPES[0, :, 2] = 1
 _SHAPES[1, 1:4, 1:4] = 1
@@ -497,3 +507,80 @@ def test_overlay_puts_the_hot_colour_where_the_map_peaks(tmp_path):
     assert cold[2] > cold[0] + 30  # blue where it is 0
     small = cam_overlay(torch.rand(3, 28, 28), torch.rand(7, 7), min_size=28)  # a CAM at another size is resized
     assert small.size == (28 * 2 + 2, 28)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# reslab predict --cam: the shapes task as image files, through the predict path (28x28 uint8, normalised there)
+
+SHAPE_CLASSES = ("plus", "square", "hbar", "vbar")
+
+
+def shape_files(folder, n: int, seed: int):
+    """n 28x28 grayscale PNGs of the shapes task (the trained model is fully convolutional, so 16 -> 28 is fine),
+    as uint8 whose normalisation by predict gives back the float task; returns (paths, labels, centres)."""
+    x, labels, centres = shapes_data(n, torch.Generator().manual_seed(seed), size=28)
+    pixels = (255 * (STD * x + MEAN)).round().clamp(0, 255).to(torch.uint8)[:, 0]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(pixels):
+        paths.append(folder / f"shape{i:02d}.png")
+        Image.fromarray(image.numpy(), mode="L").save(paths[-1])
+    return paths, labels, centres
+
+
+def overlay_heat(path) -> np.ndarray:
+    """(28, 28) heat map read back from an overlay PNG: its right half is (image + jet(heat)) / 2 and its left half
+    the image, so jet(heat) = 2 * right - left, inverted by the nearest colour of the jet table."""
+    a = np.asarray(Image.open(path).convert("RGB")).astype(np.float64) / 255
+    factor = a.shape[0] // 28
+    a = a[factor // 2 :: factor, factor // 2 :: factor]  # one sample per pixel
+    colour = 2 * a[:, 28 + 2 :] - a[:, :28]
+    table = jet(np.linspace(0, 1, 256))  # (256, 3)
+    return np.linalg.norm(colour[:, :, None, :] - table, axis=-1).argmin(-1) / 255
+
+
+def peak_near_centre(heat: np.ndarray, centre) -> bool:
+    r, c = np.unravel_index(heat.argmax(), heat.shape)
+    return max(abs(r - centre[0]), abs(c - centre[1])) <= 3  # a 7x7 window around the shape: 6% of 28x28
+
+
+def test_predict_cam_writes_one_overlay_per_image_hot_on_the_shape(shapes_model, tmp_path, capsys):
+    trained = TrainedModel(shapes_model, "resnet8", {}, SHAPE_CLASSES, (1, 28, 28))
+    paths, labels, centres = shape_files(tmp_path / "images", 40, seed=3)
+    before = module_state(shapes_model)
+    assert predict_files(trained, paths, topk=1, device="cpu", cam_dir=tmp_path / "cams") == []
+    assert same_state(before, module_state(shapes_model))  # eval mode, BN statistics bit for bit, no hooks, no .grad
+    out = capsys.readouterr().out
+    predicted = [line.split()[1] for line in out.splitlines() if line.startswith(str(tmp_path))]
+    assert np.mean([p == SHAPE_CLASSES[y] for p, y in zip(predicted, labels.tolist(), strict=True)]) >= 0.85
+    written = sorted((tmp_path / "cams").glob("*.png"))
+    assert [p.name for p in written] == [p.name for p in paths] and "40 overlays" in out
+    hits = [peak_near_centre(overlay_heat(p), c) for p, c in zip(written, centres.tolist(), strict=True)]
+    assert np.mean(hits) >= 0.6, hits
+
+
+@pytest.mark.parametrize("shapes_model", [BasicBlock], ids=["post-activation"], indirect=True)
+def test_predict_cam_from_the_cli_for_a_chosen_class(shapes_model, tmp_path, capsys):
+    # a weights-only checkpoint of the registered resnet8 (the same architecture as the fixture's)
+    ckpt = {
+        "format_version": 2,
+        "model_name": "resnet8",
+        "model_kwargs": {"in_chans": 1, "num_classes": 4, "widths": list(WIDTHS)},
+        "input_size": [1, 28, 28],
+        "classes": list(SHAPE_CLASSES),
+        "model": shapes_model.state_dict(),
+    }
+    torch.save(ckpt, tmp_path / "shapes.pt")
+    paths, labels, _ = shape_files(tmp_path / "images", 4, seed=4)
+    args = ["predict", str(tmp_path / "shapes.pt"), *map(str, paths), "--device", "cpu"]
+    assert main([*args, "--cam", str(tmp_path / "top")]) == 0
+    other = SHAPE_CLASSES[(labels[0].item() + 1) % 4]
+    assert main([*args, "--cam", str(tmp_path / "other"), "--cam-class", other.upper()]) == 0  # case ignored
+    assert f"class {other!r}: 4 overlays" in capsys.readouterr().out
+    top, chosen = overlay_heat(tmp_path / "top" / "shape00.png"), overlay_heat(tmp_path / "other" / "shape00.png")
+    assert np.abs(top - chosen).max() > 0.5  # another class's evidence is another map
+    assert main([*args, "--cam", str(tmp_path / "x"), "--cam-class", "boot"]) == 2
+    assert main([*args, "--cam-class", "plus"]) == 2
+    err = capsys.readouterr().err
+    assert "--cam-class: expected one of the model's classes (plus, square, hbar, vbar), got 'boot'" in err
+    assert "needs --cam DIR" in err and "Traceback" not in err

@@ -303,13 +303,30 @@ def _add_predict(sub):
     p.add_argument("-k", "--topk", type=int, default=3, help="how many classes to show per image (default 3)")
     p.add_argument("--invert", action="store_true", help="invert images first (dark objects on a light background)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument(
+        "--cam",
+        default=None,
+        metavar="DIR",
+        help="also write a Grad-CAM heat map per image into DIR (IMAGE's name, .png): where the class comes from",
+    )
+    p.add_argument(
+        "--cam-class", default=None, metavar="NAME", help="the class of the heat maps (default: each image's top one)"
+    )
     return p
 
 
 def _cmd_predict(args) -> int:
     from reslab.predict import predict_files
 
-    failures = predict_files(args.checkpoint, args.images, topk=args.topk, invert=args.invert, device=args.device)
+    failures = predict_files(
+        args.checkpoint,
+        args.images,
+        topk=args.topk,
+        invert=args.invert,
+        device=args.device,
+        cam_dir=args.cam,
+        cam_class=args.cam_class,
+    )
     return 1 if failures else 0
 
 

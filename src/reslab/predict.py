@@ -7,7 +7,9 @@ grayscale uint8 like Fashion-MNIST, then the same resize and normalisation as th
     predict("runs/resnet20/best.pt", ["shoe.jpg"], topk=3)   # [[("Sneaker", 0.91), ("Sandal", 0.06), ...]]
 
 The checkpoint may also be a TrainedModel from reslab.load_checkpoint, or an ONNX file written by `reslab export`
-(run by ONNX Runtime on the CPU).
+(run by ONNX Runtime on the CPU). `reslab predict ... --cam DIR` also writes, per image, a Grad-CAM heat map
+(Selvaraju et al. 2017) of where the predicted class (or --cam-class) comes from, over the image the model saw
+(reslab.understand.cam; the model is left exactly as it was).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from reslab.data.transforms import MEAN, STD, prepare_batch
 from reslab.errors import ReslabError
 from reslab.runners import OnnxModel, Runner, TorchRunner, is_onnx, load_onnx
 from reslab.runtime import pick_device
+from reslab.understand import grad_cam, save_cam_overlay
 
 # Fashion-MNIST's own size: images are brought to it first, then resized like the training images were (--resize),
 # so a model trained at 96x96 sees an upsampled 28x28 image, as in training, not a sharper one.
@@ -330,6 +333,50 @@ def _topk(trained: TrainedModel | OnnxModel, batch: torch.Tensor, *, topk: int) 
     return out
 
 
+def class_index(classes: Sequence[str], name: str) -> int:
+    """The index of the class called `name` (exactly, else the one match ignoring case); ReslabError otherwise."""
+    if name in classes:
+        return list(classes).index(name)
+    folded = [i for i, c in enumerate(classes) if c.lower() == name.lower()]
+    if len(folded) == 1:
+        return folded[0]
+    raise ReslabError(f"--cam-class: expected one of the model's classes ({', '.join(classes)}), got {name!r}")
+
+
+def _cam_names(paths: Sequence[str], folder: Path) -> list[Path]:
+    """One PNG per image, named after it; a second image of the same name gets -2, -3, ..."""
+    out, seen = [], {}
+    for p in paths:
+        stem = Path(p).stem or "image"
+        seen[stem] = seen.get(stem, 0) + 1
+        out.append(folder / (f"{stem}.png" if seen[stem] == 1 else f"{stem}-{seen[stem]}.png"))
+    return out
+
+
+def save_cams(
+    trained: TrainedModel,
+    images: torch.Tensor,
+    paths: Sequence[Path],
+    *,
+    target: int | None = None,
+    device: torch.device | str | None = None,
+) -> list[Path]:
+    """Grad-CAM overlays of (N, 28, 28) uint8 images, one PNG per path: the image beside the heat map over it.
+
+    target: a class index for every image, or None for each image's predicted class. The heat map is taken at the
+    last stage's rectified output (reslab.understand.grad_cam's default: correct for pre-activation models too),
+    in eval mode; the model's parameters, BatchNorm statistics, flags and hooks are left as they were.
+    """
+    dev = next(trained.model.parameters()).device if device is None else torch.device(device)
+    written = []
+    for start in range(0, len(images), 64):
+        chunk = images[start : start + 64]
+        cams = grad_cam(trained.model, _batch(chunk, trained, dev), target)  # (B, H, W) in [0, 1], CPU
+        for image, cam, path in zip(chunk, cams, paths[start : start + 64], strict=True):
+            written.append(save_cam_overlay(path, image.cpu(), cam))
+    return written
+
+
 def predict_files(
     checkpoint: TrainedModel | OnnxModel | str | Path,
     paths: Sequence[str | Path],
@@ -337,15 +384,23 @@ def predict_files(
     topk: int = 3,
     invert: bool = False,
     device: str = "auto",
+    cam_dir: str | Path | None = None,
+    cam_class: str | None = None,
 ) -> list[tuple[str, str]]:
     """Print one line per image with its top-k classes; return the (path, reason) of each image that failed.
 
     An unreadable file is reported on stderr by name and the others are still predicted; an image with nothing in
-    it is said to be so; a bad checkpoint raises ReslabError since nothing can be predicted without it.
+    it is said to be so; a bad checkpoint raises ReslabError since nothing can be predicted without it. cam_dir: also
+    write a Grad-CAM overlay per image there (`save_cams`), of the predicted class, or of the class named `cam_class`.
     """
     if topk < 1:
         raise ReslabError(f"--topk: expected a positive number of classes, got {topk}")
+    if cam_class is not None and cam_dir is None:
+        raise ReslabError("--cam-class: chooses the class of the heat maps, so it needs --cam DIR")
     trained = _load(checkpoint, device)
+    if cam_dir is not None and isinstance(trained, OnnxModel):
+        raise ReslabError("--cam: Grad-CAM needs the model's gradients, so a PyTorch checkpoint (.pt), not an ONNX file")
+    target = None if cam_class is None else class_index(trained.classes, cam_class)
     natural = is_natural(trained.preprocess)
     if natural:
         preprocess = _check_natural(trained)
@@ -374,6 +429,12 @@ def predict_files(
             image = _like_fashion_mnist(image, NATIVE_SIZE)
         loaded.append((str(p), image))
     _print_results(trained, loaded, empty, topk=topk)
+    if cam_dir is not None and loaded:
+        folder = Path(cam_dir)
+        names = _cam_names([name for name, _ in loaded], folder)
+        save_cams(trained, torch.stack([t for _, t in loaded]), names, target=target)
+        what = "the predicted class" if cam_class is None else f"class {trained.classes[target]!r}"
+        print(f"Grad-CAM heat maps of {what}: {len(names)} overlay{'s' if len(names) > 1 else ''} in {folder}/")
     if failures:
         print(f"reslab predict: {len(failures)} of {len(paths)} images could not be read", file=sys.stderr)
     return failures
