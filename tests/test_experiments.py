@@ -1,7 +1,10 @@
+import contextlib
 import csv
+import io
 import json
 
 import pytest
+import torch
 
 from reslab.errors import ReslabError
 from reslab.experiments import (
@@ -121,23 +124,39 @@ def test_depths_default_and_parse():
 # --quick: the whole pipeline on a tiny subset (checks that it runs and writes its outputs, not the finding)
 
 
-@pytest.fixture
-def no_fashion_mnist(monkeypatch):
+def _no_fashion_mnist(monkeypatch):
     """--quick must run where Fashion-MNIST is not installed (CI): it falls back to the synthetic stand-in."""
     import reslab.experiments.degradation
 
     monkeypatch.setattr(reslab.experiments.degradation, "find_data_dir", lambda data_dir=None: None)
 
 
-def test_quick_degradation_from_the_cli(tmp_path, capsys, no_fashion_mnist):
+@pytest.fixture
+def no_fashion_mnist(monkeypatch):
+    _no_fashion_mnist(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def quick_degradation(tmp_path_factory):
+    """`reslab experiment degradation --quick` once: its output folder and what it printed. Its networks are the
+    ones the lesion, landscape and gradients tests study (--networks), as a user's would be."""
     from reslab.cli import main
 
-    assert main(["experiment", "degradation", "--quick", "--output", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+    output = tmp_path_factory.mktemp("degradation-quick")
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()) as out:
+        _no_fashion_mnist(mp)
+        assert main(["experiment", "degradation", "--quick", "--output", str(output)]) == 0
+    return output, out.getvalue()
+
+
+def test_quick_degradation_from_the_cli(quick_degradation, capsys, no_fashion_mnist):
+    from reslab.cli import main
+
+    output, out = quick_degradation
     for name in ("figure.png", "table.md", "results.csv", "results.json", "verdict.txt"):
-        assert (tmp_path / name).stat().st_size > 0, name
+        assert (output / name).stat().st_size > 0, name
     assert "synthetic" in out and "plain-56 vs plain-20" in out and "Verdict:" in out
-    doc = json.loads((tmp_path / "results.json").read_text())
+    doc = json.loads((output / "results.json").read_text())
     assert [r["label"] for r in doc["runs"]] == ["plain-20", "plain-56", "ResNet-20", "ResNet-56"]
     assert all(len(r["history"]) == 1 for r in doc["runs"])
     # --quick trains 256 images for one epoch, 4 steps of 64, one thread: a pipeline check that stays cheap
@@ -145,9 +164,9 @@ def test_quick_degradation_from_the_cli(tmp_path, capsys, no_fashion_mnist):
     assert doc["config"]["train_subset"] == 256 and doc["config"]["batch_size"] == 64
 
     # run again into the same folder: the finished runs are reused, not retrained
-    assert main(["experiment", "degradation", "--quick", "--output", str(tmp_path)]) == 0
+    assert main(["experiment", "degradation", "--quick", "--output", str(output)]) == 0
     assert capsys.readouterr().out.count("reusing the run") == 4
-    assert json.loads((tmp_path / "results.json").read_text())["runs"] == doc["runs"]
+    assert json.loads((output / "results.json").read_text())["runs"] == doc["runs"]
 
 
 def test_quick_shortcuts(tmp_path, capsys, no_fashion_mnist):
@@ -158,3 +177,209 @@ def test_quick_shortcuts(tmp_path, capsys, no_fashion_mnist):
     # A has no parameters on its shortcuts; B projects where the shape changes; C everywhere
     assert results[0].params < results[1].params < results[2].params
     assert "training error:" in verdict and (tmp_path / "figure.png").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# lesion, landscape, gradients: verdicts on hand-made numbers, then one --quick run each on the degradation networks
+
+
+def _lesion_summary(baseline, median, worst, down, random, reorder, not_removed=()):
+    return {
+        "baseline": baseline,
+        "single_median": median,
+        "single_max": worst,
+        "single_max_block": "layer1.3",
+        "downsampling_mean": down,
+        "not_removed": list(not_removed),
+        "random_mean": random,
+        "reorder_mean": reorder,
+    }
+
+
+def test_lesion_verdict_as_veit_et_al_and_otherwise():
+    from reslab.experiments import lesion_verdict
+
+    resnet = _lesion_summary(0.08, 0.085, 0.12, 0.25, {1: 0.09, 10: 0.3}, {1: 0.09, 10: 0.2})
+    plain = _lesion_summary(0.09, 0.85, 0.9, None, {1: 0.85, 10: 0.9}, {1: 0.8, 10: 0.9}, ["layer2.0", "layer3.0"])
+    v = lesion_verdict(resnet, plain, chance=0.9, depth=56)
+    assert v.residual_robust and v.plain_collapses
+    assert "ResNet-56 8.0% -> median 8.5% (+0.5 points" in v.text and "as Veit et al." in v.text
+    assert "worse than any other block" in v.text and "2 such blocks cannot be removed" in v.text
+    assert "k=10 30.0%" in v.text
+    hurt = lesion_verdict(_lesion_summary(0.08, 0.2, 0.3, 0.25, {}, {}), plain, chance=0.9, depth=56)
+    assert not hurt.residual_robust and "is hurt too" in hurt.text and "no worse than the worst" in hurt.text
+    sturdy_plain = _lesion_summary(0.09, 0.2, 0.3, None, {}, {})
+    v = lesion_verdict(resnet, sturdy_plain, chance=0.9, depth=56)
+    assert v.residual_robust and not v.plain_collapses and "does not collapse" in v.text
+    untrained = lesion_verdict(_lesion_summary(0.88, 0.9, 0.9, 0.9, {}, {}), plain, chance=0.9, depth=20)
+    assert not untrained.residual_robust and "Verdict: none" in untrained.text
+
+
+def _surface(rise, center=0.2, basin=0.5, nonconvex=0.1):
+    two = {"loss_center": center, "loss_rise": rise, "basin_fraction": basin, "nonconvex_fraction": nonconvex}
+    return {"2d": two, "1d": {"loss_center": center, "loss_rise": rise * 1.2}, "hessian": None}
+
+
+def test_landscape_verdict_compares_each_pair_and_the_depths():
+    from reslab.experiments import landscape_verdict
+
+    li = {"plain-20": _surface(1.0), "ResNet-20": _surface(0.8), "plain-56": _surface(5.0), "ResNet-56": _surface(1.0)}
+    v = landscape_verdict(li, depths=(20, 56), radius=0.5)
+    assert v.plain_sharper == {20: True, 56: True} and v.gap_grows_with_depth
+    assert "plain-56's loss rises 5x" not in v.text and "rises 5x as much" in v.text and "as Li et al." in v.text
+    flat = dict(li, **{"plain-56": _surface(0.9)})
+    v = landscape_verdict(flat, depths=(20, 56), radius=0.5)
+    assert not v.plain_sharper[56] and "not sharper" in v.text
+    same_gap = dict(li, **{"plain-56": _surface(1.1)})
+    v = landscape_verdict(same_gap, depths=(20, 56), radius=0.5)
+    assert v.plain_sharper[56] and not v.gap_grows_with_depth and "does not grow with depth" in v.text
+
+
+def _grad_row(family, depth, state, ratio, growth, corr):
+    label = f"{'plain' if family == 'plain' else 'ResNet'}-{depth}"
+    return {
+        "label": label,
+        "family": family,
+        "depth": depth,
+        "state": state,
+        "first_over_last": ratio,
+        "growth_towards_input": growth,
+        "correlation_lag1": corr,
+    }
+
+
+def test_gradients_verdict_checks_explosion_and_shattering_not_assumes_them():
+    from reslab.experiments import gradients_verdict
+
+    init = [
+        _grad_row("plain", 20, "init", 30.0, 1.2, 0.3),
+        _grad_row("plain", 110, "init", 3000.0, 1.08, 0.02),
+        _grad_row("residual", 20, "init", 3.0, 1.05, 0.8),
+        _grad_row("residual", 110, "init", 5.0, 1.01, 0.7),
+    ]
+    trained = [_grad_row("plain", 20, "trained", 5.0, 1.1, 0.7), _grad_row("residual", 20, "trained", 2.0, 1.0, 0.9)]
+    v = gradients_verdict(init + trained)
+    assert v.explodes_at_init and v.shatters_at_init
+    assert "plain-20 30, plain-110 3e+03" in v.text and "Depth 110: at initialisation only" in v.text
+    assert "both explode towards the input and shatter" in v.text
+    assert "After training" in v.text and "not shattered by the test" in v.text  # 0.7 vs 0.9: not under half
+    # no growth with depth, correlations alike: neither, and the verdict says so
+    calm = [
+        _grad_row("plain", 20, "init", 30.0, 1.2, 0.8),
+        _grad_row("plain", 110, "init", 20.0, 1.01, 0.75),
+        _grad_row("residual", 20, "init", 3.0, 1.05, 0.8),
+        _grad_row("residual", 110, "init", 5.0, 1.01, 0.7),
+    ]
+    v = gradients_verdict(calm)
+    assert v.explodes_at_init is False and v.shatters_at_init is False
+    assert "neither explode nor shatter" in v.text
+
+
+def _outputs(folder):
+    for name in ("figure.png", "table.md", "results.csv", "results.json", "verdict.txt"):
+        assert (folder / name).stat().st_size > 0, name
+    doc = json.loads((folder / "results.json").read_text())
+    assert doc["verdict"] + "\n" == (folder / "verdict.txt").read_text()
+    assert doc["machine"]["threads"] == 1 and "load_average_1min" in doc["machine"]
+    return doc
+
+
+def _networks(quick_degradation):
+    folder = quick_degradation[0]
+    stamps = {p: p.stat().st_mtime_ns for p in folder.glob("runs/*/last.pt")}
+    return folder, stamps
+
+
+def test_quick_lesion_from_the_cli_reuses_the_degradation_networks(
+    quick_degradation, tmp_path, capsys, no_fashion_mnist
+):
+    from reslab.cli import main
+
+    networks, stamps = _networks(quick_degradation)
+    args = ["experiment", "lesion", "--quick", "--networks", str(networks), "--output", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("reusing the network `reslab experiment degradation` trained") == 2
+    assert stamps == {p: p.stat().st_mtime_ns for p in networks.glob("runs/*/last.pt")}  # nothing retrained
+    doc = _outputs(tmp_path)
+    assert [n["label"] for n in doc["networks"]] == ["plain-20", "ResNet-20"]
+    assert doc["settings"]["test_size"] == 64 and doc["settings"]["ks"] == [1, 2, 3]
+    rows = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
+    # per network: intact, 9 single deletions, 3 k x 2 draws random deletions and as many reorderings
+    assert len(rows) == 2 * (1 + 9 + 6 + 6)
+    plain_single = [r for r in rows if r["network"] == "plain-20" and r["experiment"] == "single"]
+    assert sum(r["error"] == "" for r in plain_single) == 2  # layer2.0 and layer3.0 change shape: not removable
+    assert "Deleting one block that keeps the shape" in out and "Verdict" in doc["verdict"]
+
+
+def test_quick_landscape_from_the_cli(quick_degradation, tmp_path, capsys, no_fashion_mnist):
+    from reslab.cli import main
+
+    networks, _ = _networks(quick_degradation)
+    assert main(["experiment", "landscape", "--quick", "--networks", str(networks), "--output", str(tmp_path)]) == 0
+    doc = _outputs(tmp_path)
+    rows = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
+    assert len(rows) == 2 * (7 + 5 * 5)  # per network: the 1-D line and the 2-D grid
+    for label, surfaces in doc["surfaces"].items():
+        # the centre of both slices is the trained network itself: one loss, whichever slice it is read from
+        two, one = surfaces["2d"], surfaces["1d"]
+        assert two["loss"][2][2] == one["loss"][3] == doc["summaries"][label]["2d"]["loss_center"], label
+    assert "loss rise at distance 0.5" in capsys.readouterr().out
+
+
+def test_quick_gradients_from_the_cli(quick_degradation, tmp_path, capsys, no_fashion_mnist):
+    from reslab.cli import main
+
+    networks, _ = _networks(quick_degradation)
+    assert main(["experiment", "gradients", "--quick", "--networks", str(networks), "--output", str(tmp_path)]) == 0
+    doc = _outputs(tmp_path)
+    got = [(r["label"], r["state"]) for r in doc["results"]]
+    assert got == [(f"{n}-{d}", "init") for n in ("plain", "ResNet") for d in (20, 32)] + [
+        ("plain-20", "trained"),
+        ("ResNet-20", "trained"),
+    ]
+    rows = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
+    plain32 = [r for r in rows if r["network"] == "plain-32" and r["state"] == "init"]
+    assert len(plain32) == 32 and plain32[-1]["layer"] == "fc"  # 31 convs and the classifier
+    assert "Depth 32: at initialisation only" in capsys.readouterr().out
+
+
+def test_missing_networks_are_trained_with_the_degradation_recipe_and_then_reused(tmp_path, capsys, no_fashion_mnist):
+    from reslab.checkpoint import read_checkpoint
+    from reslab.experiments import Run, experiment_setup, run_config, same_settings, trained_networks
+
+    config, data = experiment_setup("degradation", quick=True)
+    run = Run("plain-20", "plain20", {}, "plain networks", "plain", 20)
+    (net,) = trained_networks([run], config=config, data=data, networks=tmp_path)
+    assert "not trained yet" in capsys.readouterr().out and net.state == "trained"
+    last = tmp_path / "runs" / "plain-20" / "last.pt"
+    # exactly where and how `reslab experiment degradation --quick --output tmp_path` would train it: it reuses it
+    assert same_settings(read_checkpoint(last)["config"], run_config(run, config, tmp_path))
+    stamp = last.stat().st_mtime_ns
+    (again,) = trained_networks([run], config=config, data=data, networks=tmp_path)
+    assert "reusing" in capsys.readouterr().out and last.stat().st_mtime_ns == stamp
+    before, after = net.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_networks_made_otherwise_are_used_as_they_are_or_refused_never_deleted(
+    quick_degradation, tmp_path, capsys, no_fashion_mnist
+):
+    from reslab.checkpoint import read_checkpoint
+    from reslab.experiments import experiment_setup, trained_networks
+    from reslab.experiments.degradation import degradation_runs
+
+    config, data = experiment_setup("degradation", quick=True)
+    ckpt = read_checkpoint(quick_degradation[0] / "runs" / "plain-20" / "last.pt")
+    folder = tmp_path / "runs" / "plain-20"
+    folder.mkdir(parents=True)
+    run = degradation_runs((20,))[:1]
+    ckpt["config"] = {**ckpt["config"], "seed": 7}  # finished, another seed: used, and said so
+    torch.save(ckpt, folder / "last.pt")
+    (net,) = trained_networks(run, config=config, data=data, networks=tmp_path)
+    assert "as it was trained (1 epochs, seed 7" in capsys.readouterr().out and net.config.seed == 7
+    ckpt["config"] = {**ckpt["config"], "epochs": 5}  # unfinished (1 of 5 epochs), other settings: refused
+    torch.save(ckpt, folder / "last.pt")
+    with pytest.raises(ReslabError, match="unfinished run made with other settings"):
+        trained_networks(run, config=config, data=data, networks=tmp_path)
+    assert (folder / "last.pt").is_file()

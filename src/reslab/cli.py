@@ -418,7 +418,7 @@ def _add_experiment(sub):
         e.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice; --quick 1)")
         e.add_argument("--quick", action="store_true", help=_QUICK_HELP[name])
         if name == "lesion":
-            e.add_argument("--test-size", type=int, default=None, help="test images scored (default 500; --quick 128)")
+            e.add_argument("--test-size", type=int, default=None, help="test images scored (default 500; --quick 64)")
             e.add_argument(
                 "--max-k", type=int, default=None, help="k = 1..MAX_K blocks deleted or swapped (default 10)"
             )
@@ -427,7 +427,7 @@ def _add_experiment(sub):
             e.add_argument(
                 "--train-size", type=int, default=None, help="training images the loss is taken on (default 500)"
             )
-            e.add_argument("--grid", type=int, default=None, help="points per axis of the 2-D slice (default 11)")
+            e.add_argument("--grid", type=int, default=None, help="points per axis of the 2-D slice (default 13)")
             e.add_argument("--line-points", type=int, default=None, help="points of the 1-D slice (default 21)")
             e.add_argument("--span", type=float, default=None, help="the slices cover [-SPAN, SPAN] (default 1)")
             e.add_argument(

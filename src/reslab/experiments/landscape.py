@@ -35,7 +35,7 @@ from reslab.understand import hessian_extreme_eigenvalues, loss_surface, random_
 
 # measured on the 2-core AMD EPYC (1 thread, load ~3): one loss on 500 images takes ~1.1 s for a 20-layer network,
 # ~3.3 s for a 56-layer one; 11 x 11 + 21 points for the four networks: ~20-30 min
-DEFAULTS = dict(depths=(20, 56), train_size=500, grid=11, line_points=21, span=1.0, radius=0.5)
+DEFAULTS = dict(depths=(20, 56), train_size=500, grid=13, line_points=21, span=1.0, radius=0.5)
 QUICK = dict(depths=(20,), train_size=64, grid=5, line_points=7, span=1.0, radius=0.5)
 HESSIAN = dict(size=256, steps=20)
 # contour levels shared by every panel, so that the same colour is the same loss everywhere (Li et al. draw
@@ -152,7 +152,7 @@ def format_landscape_table(summaries: dict[str, dict[str, Any]], times: dict[str
         lines.append(
             f"| {label} | {s['2d']['loss_center']:.3f} | {s['2d']['loss_rise']:.3g} | {s['1d']['loss_rise']:.3g} | "
             f"{s['2d']['basin_fraction']:.0%} | {s['2d']['nonconvex_fraction']:.0%} |"
-            + ((f" {h['ratio']:.3g} |" if h else " - |") if hessian else "")
+            + ((f" {h['ratio']:.3g}{'' if h['converged'] else ' (unconverged)'} |" if h else " - |") if hessian else "")
             + f" {duration(times[label])} |"
         )
     return "\n".join(lines)

@@ -31,7 +31,7 @@ from reslab.understand import evaluator, lesion_study, summarize_lesions
 # measured on the 2-core AMD EPYC (1 thread, load ~3): one evaluation of ResNet-56 on 500 images takes 2-4 s, and
 # each network needs 27 + 3*10 + 3*10 = 87 of them
 DEFAULTS = dict(depths=(56,), test_size=500, max_k=10, draws=3)
-QUICK = dict(depths=(20,), test_size=128, max_k=3, draws=2)
+QUICK = dict(depths=(20,), test_size=64, max_k=3, draws=2)
 NEAR_CHANCE = 0.05  # an intact test error within 5 points of chance: the network learned (almost) nothing
 
 
