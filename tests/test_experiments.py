@@ -215,24 +215,34 @@ def test_lesion_verdict_as_veit_et_al_and_otherwise():
     assert not untrained.residual_robust and "Verdict: none" in untrained.text
 
 
-def _surface(rise, center=0.2, basin=0.5, nonconvex=0.1):
+def _surface(rise, nonconvex=0.1, center=0.2, basin=0.5):
     two = {"loss_center": center, "loss_rise": rise, "basin_fraction": basin, "nonconvex_fraction": nonconvex}
     return {"2d": two, "1d": {"loss_center": center, "loss_rise": rise * 1.2}, "hessian": None}
 
 
-def test_landscape_verdict_compares_each_pair_and_the_depths():
+def test_landscape_verdict_compares_sharpness_and_convexity_pair_by_pair():
     from reslab.experiments import landscape_verdict
 
-    li = {"plain-20": _surface(1.0), "ResNet-20": _surface(0.8), "plain-56": _surface(5.0), "ResNet-56": _surface(1.0)}
+    li = {
+        "plain-20": _surface(1.0),
+        "ResNet-20": _surface(0.8),
+        "plain-56": _surface(5.0, nonconvex=0.4),
+        "ResNet-56": _surface(1.0, nonconvex=0.05),
+    }
     v = landscape_verdict(li, depths=(20, 56), radius=0.5)
-    assert v.plain_sharper == {20: True, 56: True} and v.gap_grows_with_depth
-    assert "plain-56's loss rises 5x" not in v.text and "rises 5x as much" in v.text and "as Li et al." in v.text
-    flat = dict(li, **{"plain-56": _surface(0.9)})
-    v = landscape_verdict(flat, depths=(20, 56), radius=0.5)
-    assert not v.plain_sharper[56] and "not sharper" in v.text
-    same_gap = dict(li, **{"plain-56": _surface(1.1)})
-    v = landscape_verdict(same_gap, depths=(20, 56), radius=0.5)
-    assert v.plain_sharper[56] and not v.gap_grows_with_depth and "does not grow with depth" in v.text
+    assert v.plain_sharper == {20: True, 56: True} and v.plain_less_convex == {20: False, 56: True}
+    assert v.gap_grows_with_depth and "rises 5x as much" in v.text
+    assert "more non-convex (40% of the grid's interior points vs 5%) and sharper" in v.text
+    assert "as Li et al. (2018) found; the plain/ResNet rise ratio grows with depth (1.2x at 20 layers" in v.text
+    wide_but_chaotic = dict(li, **{"plain-56": _surface(0.5, nonconvex=0.4)})
+    v = landscape_verdict(wide_but_chaotic, depths=(20, 56), radius=0.5)
+    assert not v.plain_sharper[56] and v.plain_less_convex[56] and not v.gap_grows_with_depth
+    assert "but not sharper: its loss rises 0.5x as much as ResNet-56's" in v.text
+    neither = dict(li, **{"plain-56": _surface(0.9, nonconvex=0.0)})
+    v = landscape_verdict(neither, depths=(20, 56), radius=0.5)
+    assert "neither sharper nor more non-convex" in v.text
+    one_depth = landscape_verdict(li, depths=(56,), radius=0.5)
+    assert one_depth.gap_grows_with_depth is None and "grows" not in one_depth.text
 
 
 def _grad_row(family, depth, state, ratio, growth, corr):

@@ -155,11 +155,14 @@ def gradients_verdict(rows: list[dict[str, Any]]) -> GradientsVerdict:
             "more with depth; the shortcuts prevent both."
         )
     elif explode is not None:
-        found = [w for w, f in (("explode towards the input", explode), ("shatter", shatter)) if f]
+        if explode or shatter:
+            done, missed = ("explode towards the input", "shatter") if explode else ("shatter", "explode")
+            what = f"{done} but do not {missed}"
+        else:
+            what = "neither explode nor shatter"
         lines.append(
-            "Verdict: at initialisation the plain networks' gradients "
-            + (" and ".join(found) if found else "neither explode nor shatter by these tests")
-            + ("; not both, as the papers predict." if len(found) < 2 else ".")
+            f"Verdict: at initialisation the plain networks' gradients {what} by these tests, where the papers "
+            "predict both for deep plain networks."
         )
     return GradientsVerdict(explode, shatter, "\n".join(lines))
 

@@ -46,6 +46,7 @@ LEVELS = [0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0]
 @dataclass(frozen=True)
 class LandscapeVerdict:
     plain_sharper: dict[int, bool]  # depth -> the plain network's loss rises more than the residual one's
+    plain_less_convex: dict[int, bool]  # depth -> more of the plain network's 2-D slice is non-convex
     gap_grows_with_depth: bool | None  # None with a single depth
     text: str
 
@@ -58,7 +59,9 @@ def landscape_verdict(
     summaries: dict[str, dict[str, Any]], *, depths: Sequence[int], radius: float
 ) -> LandscapeVerdict:
     """`summaries`: label -> {"2d": summarize_surface of the 2-D slice, "1d": of the 1-D slice, "hessian": ... or
-    None}, for plain-D and ResNet-D at each depth. Compares the 2-D loss rise at `radius`, pair by pair."""
+    None}, for plain-D and ResNet-D at each depth. Compares, pair by pair, the 2-D loss rise at `radius` (how sharp
+    the minimum is) and the share of non-convex grid points (how chaotic the slice is, Li et al.'s main finding);
+    the verdict is about the deepest pair."""
     lines, sharper, ratios = [], {}, {}
     for d in depths:
         p, r = summaries[f"plain-{d}"], summaries[f"ResNet-{d}"]
@@ -78,27 +81,43 @@ def landscape_verdict(
                 f"{r['hessian']['ratio']:.3g}."
             )
         lines.append(line)
-    grows = None
-    if len(depths) > 1:
-        lo, hi = min(depths), max(depths)
-        grows = ratios[hi] > ratios[lo]
-    deep = max(depths)
-    if sharper[deep] and grows:
-        lines.append(
-            f"Verdict: as Li et al. (2018), without shortcuts the landscape gets sharper with depth (plain/ResNet "
-            f"rise ratio {ratios[min(depths)]:.2g}x at {min(depths)} layers, {ratios[deep]:.2g}x at {deep}): the "
-            "shortcuts keep the deep network's minimum a wide basin."
+    nonconvex = {
+        d: (summaries[f"plain-{d}"]["2d"]["nonconvex_fraction"], summaries[f"ResNet-{d}"]["2d"]["nonconvex_fraction"])
+        for d in depths
+    }
+    less_convex = {d: p > r for d, (p, r) in nonconvex.items()}  # NaN (no interior points) compares False
+    lo, deep = min(depths), max(depths)
+    grows = ratios[deep] > ratios[lo] if len(depths) > 1 else None
+    found = []
+    if less_convex[deep]:
+        found.append(
+            f"more non-convex ({nonconvex[deep][0]:.0%} of the grid's interior points vs {nonconvex[deep][1]:.0%})"
         )
-    elif sharper[deep] and grows is None:
-        lines.append(f"Verdict: plain-{deep}'s loss rises faster around its minimum than ResNet-{deep}'s.")
-    elif sharper[deep]:
-        lines.append(
-            f"Verdict: plain-{deep}'s landscape is sharper than ResNet-{deep}'s, but the gap does not grow with "
-            f"depth here ({ratios[min(depths)]:.2g}x at {min(depths)} layers, {ratios[deep]:.2g}x at {deep})."
-        )
+    if sharper[deep]:
+        found.append(f"sharper (its loss rises {ratios[deep]:.2g}x as much at distance {radius:g})")
+    if found:
+        text = f"Verdict: without shortcuts the {deep}-layer landscape is " + " and ".join(found)
+        if less_convex[deep] and sharper[deep]:
+            text += ", as Li et al. (2018) found"
+        elif less_convex[deep]:
+            text += (
+                f", as Li et al. (2018) found, but not sharper: its loss rises {ratios[deep]:.2g}x as much as "
+                f"ResNet-{deep}'s at distance {radius:g}"
+            )
+        else:
+            text += f", but not more non-convex than ResNet-{deep}'s, unlike Li et al. (2018)"
+        if grows is not None:
+            text += (
+                f"; the plain/ResNet rise ratio {'grows' if grows else 'does not grow'} with depth "
+                f"({ratios[lo]:.2g}x at {lo} layers, {ratios[deep]:.2g}x at {deep})"
+            )
+        lines.append(text + ".")
     else:
-        lines.append(f"Verdict: plain-{deep}'s landscape is not sharper than ResNet-{deep}'s here, unlike Li et al.")
-    return LandscapeVerdict(sharper, grows, "\n".join(lines))
+        lines.append(
+            f"Verdict: plain-{deep}'s landscape is neither sharper nor more non-convex than ResNet-{deep}'s here, "
+            "unlike Li et al. (2018)."
+        )
+    return LandscapeVerdict(sharper, less_convex, grows, "\n".join(lines))
 
 
 def plot_landscapes(surfaces: dict[str, dict[str, Any]], path: str | Path, *, depths: Sequence[int], title: str = ""):
