@@ -273,6 +273,17 @@ def test_gradients_verdict_checks_explosion_and_shattering_not_assumes_them():
     assert "plain-20 30, plain-110 3e+03" in v.text and "Depth 110: at initialisation only" in v.text
     assert "both explode towards the input and shatter" in v.text
     assert "After training" in v.text and "not shattered by the test" in v.text  # 0.7 vs 0.9: not under half
+    # two plain correlations that have both reached zero are not a rise: still shattered
+    saturated = (
+        init[:1]
+        + [
+            _grad_row("plain", 56, "init", 300.0, 1.1, -0.001),
+            _grad_row("plain", 110, "init", 3000.0, 1.08, 0.0005),
+            _grad_row("residual", 56, "init", 4.0, 1.02, 0.75),
+        ]
+        + init[2:]
+    )
+    assert gradients_verdict(saturated).shatters_at_init
     # no growth with depth, correlations alike: neither, and the verdict says so
     calm = [
         _grad_row("plain", 20, "init", 30.0, 1.2, 0.8),
