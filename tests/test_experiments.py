@@ -200,12 +200,13 @@ def test_lesion_verdict_as_veit_et_al_and_otherwise():
     from reslab.experiments import lesion_verdict
 
     resnet = _lesion_summary(0.08, 0.085, 0.12, 0.25, {1: 0.09, 10: 0.3}, {1: 0.09, 10: 0.2})
+    resnet |= {"harmful_blocks": ["layer1.0", "layer1.3"], "same_shape_blocks": 25}
     plain = _lesion_summary(0.09, 0.85, 0.9, None, {1: 0.85, 10: 0.9}, {1: 0.8, 10: 0.9}, ["layer2.0", "layer3.0"])
     v = lesion_verdict(resnet, plain, chance=0.9, depth=56)
     assert v.residual_robust and v.plain_collapses
     assert "ResNet-56 8.0% -> median 8.5% (+0.5 points" in v.text and "as Veit et al." in v.text
     assert "worse than any other block" in v.text and "2 such blocks cannot be removed" in v.text
-    assert "k=10 30.0%" in v.text
+    assert "k=10 30.0%" in v.text and "more than 5 points: 2 of 25 (layer1.0, layer1.3)." in v.text
     hurt = lesion_verdict(_lesion_summary(0.08, 0.2, 0.3, 0.25, {}, {}), plain, chance=0.9, depth=56)
     assert not hurt.residual_robust and "is hurt too" in hurt.text and "no worse than the worst" in hurt.text
     sturdy_plain = _lesion_summary(0.09, 0.2, 0.3, None, {}, {})

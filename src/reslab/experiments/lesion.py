@@ -33,6 +33,18 @@ from reslab.understand import evaluator, lesion_study, summarize_lesions
 DEFAULTS = dict(depths=(56,), test_size=500, max_k=10, draws=3)
 QUICK = dict(depths=(20,), test_size=64, max_k=3, draws=2)
 NEAR_CHANCE = 0.05  # an intact test error within 5 points of chance: the network learned (almost) nothing
+HARMFUL = 0.05  # a deleted block that costs more than 5 points of test error is named in the verdict
+
+
+def harmful_blocks(study: dict[str, Any], *, threshold: float = HARMFUL) -> dict[str, Any]:
+    """The shape-keeping blocks whose deletion alone raises the test error by more than `threshold`: the median
+    of `summarize_lesions` says how most blocks fare, these are the exceptions."""
+    base = study["baseline"]["error"]
+    same = [r for r in study["single"] if r["error"] is not None and not r["downsampling"]]
+    return {
+        "harmful_blocks": [r["block"] for r in same if r["error"] - base > threshold],
+        "same_shape_blocks": len(same),
+    }
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,12 @@ def lesion_verdict(residual: dict[str, Any], plain: dict[str, Any], *, chance: f
         f"{_pct(r['single_max'])} without {r['single_max_block']}); plain-{depth} {_pct(p['baseline'])} -> median "
         f"{_pct(p['single_median'])} ({_pts(p_damage)}).",
     ]
+    harmful = r.get("harmful_blocks")
+    if harmful is not None:
+        lines.append(
+            f"Blocks of ResNet-{depth} whose deletion costs more than {100 * HARMFUL:.0f} points: "
+            + (f"{len(harmful)} of {r['same_shape_blocks']} ({', '.join(harmful)})." if harmful else "none.")
+        )
     if r["downsampling_mean"] is not None:
         worse = r["downsampling_mean"] > r["single_max"]
         lines.append(
@@ -105,8 +123,9 @@ def lesion_verdict(residual: dict[str, Any], plain: dict[str, Any], *, chance: f
     elif residual_robust and plain_collapses:
         lines.append(
             f"Verdict: as Veit et al. (2016), ResNet-{depth} behaves like an ensemble of shallower paths (one block "
-            f"fewer costs it {_pts(r_damage)}, less than a tenth of the way to chance) while plain-{depth}, a single "
-            "path, breaks (more than half of the way to chance)."
+            f"fewer costs it a median {_pts(r_damage)}, less than a tenth of the way to chance"
+            + (f"; {len(harmful)} blocks are exceptions, named above" if harmful else "")
+            + f") while plain-{depth}, a single path, breaks (more than half of the way to chance)."
         )
     elif residual_robust:
         lines.append(
@@ -254,7 +273,7 @@ def run_lesion(
             study = lesion_study(net.model, evaluate, ks=tuple(range(1, max_k + 1)), draws=draws, seed=seed)
             times[net.label] = time.perf_counter() - t0
             studies[net.label] = {"family": net.run.family, "depth": net.run.depth, **study}
-            summaries[net.label] = summarize_lesions(study)
+            summaries[net.label] = summarize_lesions(study) | harmful_blocks(study)
             rows += _rows(net.label, study)
             print(f"    {net.label}: {duration(times[net.label])}", flush=True)
 
