@@ -238,7 +238,7 @@ def test_landscape_verdict_compares_sharpness_and_convexity_pair_by_pair():
     wide_but_chaotic = dict(li, **{"plain-56": _surface(0.5, nonconvex=0.4)})
     v = landscape_verdict(wide_but_chaotic, depths=(20, 56), radius=0.5)
     assert not v.plain_sharper[56] and v.plain_less_convex[56] and not v.gap_grows_with_depth
-    assert "but not sharper: its loss rises 0.5x as much as ResNet-56's" in v.text
+    assert "but not sharper: its loss rises 0.5x as much as ResNet-56's at distance 0.5 (1.2x at 20 layers)." in v.text
     neither = dict(li, **{"plain-56": _surface(0.9, nonconvex=0.0)})
     v = landscape_verdict(neither, depths=(20, 56), radius=0.5)
     assert "neither sharper nor more non-convex" in v.text

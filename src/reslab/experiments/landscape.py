@@ -103,10 +103,11 @@ def landscape_verdict(
             text += (
                 f", as Li et al. (2018) found, but not sharper: its loss rises {ratios[deep]:.2g}x as much as "
                 f"ResNet-{deep}'s at distance {radius:g}"
+                + (f" ({ratios[lo]:.2g}x at {lo} layers)" if grows is not None else "")
             )
         else:
             text += f", but not more non-convex than ResNet-{deep}'s, unlike Li et al. (2018)"
-        if grows is not None:
+        if grows is not None and sharper[deep]:
             text += (
                 f"; the plain/ResNet rise ratio {'grows' if grows else 'does not grow'} with depth "
                 f"({ratios[lo]:.2g}x at {lo} layers, {ratios[deep]:.2g}x at {deep})"
