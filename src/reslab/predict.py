@@ -399,7 +399,7 @@ def predict_files(
         raise ReslabError("--cam-class: chooses the class of the heat maps, so it needs --cam DIR")
     trained = _load(checkpoint, device)
     if cam_dir is not None and isinstance(trained, OnnxModel):
-        raise ReslabError("--cam: Grad-CAM needs the model's gradients, so a PyTorch checkpoint (.pt), not an ONNX file")
+        raise ReslabError("--cam: Grad-CAM needs the model's gradients: a PyTorch checkpoint (.pt), not an ONNX file")
     target = None if cam_class is None else class_index(trained.classes, cam_class)
     natural = is_natural(trained.preprocess)
     if natural:
