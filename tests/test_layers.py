@@ -18,7 +18,7 @@ LAYERS = [
     {"formats"},
     {"checkpoint"},
     {"runners"},
-    {"evaluate", "optim", "weights", "understand"},
+    {"evaluate", "optim", "weights", "understand", "ema"},
     {"loop", "finetune"},
     {"runs"},
     {"train"},

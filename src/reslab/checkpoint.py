@@ -9,7 +9,9 @@ without running any pickled code. Every checkpoint describes a model:
 and one written by `reslab train` also holds the state to continue the run (`TrainState`): "config"
 (TrainConfig.to_dict()), "optimizer", "scaler" (or None), "epoch" (epochs completed), "step" (optimizer steps in
 all), "step_in_epoch", "steps_per_epoch", "world_size", "rng": {"torch", "cuda"}, "history" (one dict per epoch),
-"best_val_acc", "epoch_progress" (the running sums of the epoch in progress).
+"best_val_acc", "epoch_progress" (the running sums of the epoch in progress). With --ema, "model" is the moving
+average of the weights (the network the run delivers: what eval, predict and export read) and "live_model" the
+weights the optimizer trains, which a resumed run continues from.
 
 Format 1 (reslab 0.1) had a "scheduler" entry too, whose only state was the step count; it still loads and resumes.
 `last.pt` holds everything needed to continue a run; `best.pt` is a copy of the `last.pt` of the epoch with the best
@@ -84,6 +86,7 @@ class TrainState:
     epoch_progress: EpochProgress = field(default_factory=EpochProgress)
     preprocess: dict[str, Any] | None = None
     threads: int | None = None  # CPU threads it was trained with: CPU results are bitwise exact only at the same count
+    live_model: dict[str, torch.Tensor] | None = None  # with --ema: the trained weights ("model" is their average)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

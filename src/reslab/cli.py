@@ -188,6 +188,14 @@ def _add_train(sub):
     flag(g, "--resize", type=int, help="train and evaluate at this square size", none="28, the images' own")
     flag(g, "--crop-padding", type=int, help="random-crop padding in pixels (0 turns cropping off)")
     flag(g, "--hflip", action="bool", help="random horizontal flips")
+    flag(
+        g,
+        "--hflip-mode",
+        choices=["random", "alternate"],
+        help="with --hflip: 'random' flips each image with p=0.5 every epoch; 'alternate' flips it at random in "
+        "the first epoch and then in every other one (airbench)",
+    )
+    flag(g, "--random-erasing", type=float, help="probability of erasing a random box of each training image")
     g = p.add_argument_group("optimisation")
     flag(g, "--epochs", type=int, help="passes over the training split")
     flag(g, "-b", "--batch-size", type=int, help="images per step per process (global = this x world size)")
@@ -204,6 +212,24 @@ def _add_train(sub):
     )
     flag(g, "--warmup-epochs", type=float, help="linear lr warm-up from 0, in epochs")
     flag(g, "--label-smoothing", type=float, help="label smoothing of the cross-entropy, in [0, 1)")
+    flag(g, "--bn-bias-lr", type=float, help="learning rate of the BatchNorm biases, as a multiple of --lr")
+    flag(
+        g,
+        "--ema",
+        type=float,
+        help="decay of an exponential moving average of the weights, updated every step; evaluation, best.pt, "
+        "eval and predict then use the average (0: off)",
+    )
+    g = p.add_argument_group("evaluation")
+    flag(g, "--val-every", type=int, help="evaluate the val split every N epochs and after the last (0: last only)")
+    flag(g, "--test-every", type=int, help="evaluate the test split every N epochs and after the last (0: last only)")
+    flag(
+        g,
+        "--tta",
+        choices=["none", "flip", "flip-shift"],
+        help="test-time augmentation of every evaluation: average over the image and its mirror ('flip', 2 passes), "
+        "and its 1-pixel shifts ('flip-shift', 6 passes)",
+    )
     g = p.add_argument_group("speed")
     flag(g, "--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision ('auto': bf16 where it is fast)")
     flag(g, "--channels-last", action="bool", help="NHWC memory format for the model and batches")
@@ -268,6 +294,13 @@ def _add_eval(sub):
     p.add_argument("--batch-size", type=int, default=512, help="images per batch (default: 512)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="(default: auto)")
     p.add_argument("--output", default=None, help="where to write confusion_matrix.png (default: the run folder)")
+    p.add_argument(
+        "--tta",
+        choices=["none", "flip", "flip-shift"],
+        default=None,
+        help="test-time augmentation: the image and its mirror ('flip'), also shifted by a pixel ('flip-shift') "
+        "(default: the run's own --tta)",
+    )
     return p
 
 
@@ -282,6 +315,7 @@ def _cmd_eval(args) -> int:
         batch_size=args.batch_size,
         device=args.device,
         output=args.output,
+        tta=args.tta,
     )
     return 0
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from reslab import distributed as D
 from reslab.checkpoint import EpochProgress
 from reslab.data import BatchLoader
+from reslab.ema import EMA
 from reslab.optim import set_lr
 from reslab.runtime import autocast
 
@@ -78,6 +79,7 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
     label_smoothing: float = 0.0,
+    ema: EMA | None = None,
     stop: StopRequest | None = None,
     max_steps: int | None = None,
     ckpt_interval: int = 0,
@@ -89,9 +91,9 @@ def train_one_epoch(
 
     `schedule(step)` is the learning rate of each optimizer step. Every `ckpt_interval` global steps inside the epoch,
     `save(step, step_in_epoch, progress)` is called (all ranks). `progress` carries the running sums of an epoch
-    resumed mid-way. `bar_desc` shows a progress bar with that title on stderr. The loop stops early, at a step
-    boundary, on Ctrl-C, at `max_steps`, or before applying a step whose loss is not finite. `frozen` modules stay
-    in eval mode (a frozen backbone's BatchNorm keeps its statistics).
+    resumed mid-way. `ema`, if given, is updated after every step. `bar_desc` shows a progress bar with that title on
+    stderr. The loop stops early, at a step boundary, on Ctrl-C, at `max_steps`, or before applying a step whose loss
+    is not finite. `frozen` modules stay in eval mode (a frozen backbone's BatchNorm keeps its statistics).
     """
     device = loader.device
     world = D.world_size()
@@ -146,6 +148,8 @@ def train_one_epoch(
             optimizer.step()
         step += 1
         step_in_epoch += 1
+        if ema is not None:
+            ema.update(step)
 
         loss_sum += loss.detach().float() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()

@@ -62,18 +62,29 @@ class Schedule:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group's lr: `lr`, times the group's "lr_scale" where it has one (the BatchNorm biases' --bn-bias-lr)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig, *, lr: float) -> torch.optim.Optimizer:
     """SGD (Nesterov momentum), Adam or AdamW; no weight decay on BatchNorm weights and biases (any 0-/1-d tensor),
-    whose scale carries no capacity to regularise (Goyal et al. 2017, sec. 5.1)."""
+    whose scale carries no capacity to regularise (Goyal et al. 2017, sec. 5.1). With `config.bn_bias_lr` != 1 the
+    BatchNorm biases get a group of their own whose lr is that multiple of the schedule's (airbench's 64x: a bias
+    barely moves at the conv weights' lr, while it sets what each channel lets through the ReLU)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    bn_biases = set()
+    if config.bn_bias_lr != 1:
+        bn_biases = {
+            id(m.bias) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.bias is not None
+        }
     groups = [
         {"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        {"params": [p for p in params if p.ndim <= 1 and id(p) not in bn_biases], "weight_decay": 0.0},
     ]
+    if bn_biases:
+        biases = [p for p in params if id(p) in bn_biases]
+        groups.append({"params": biases, "weight_decay": 0.0, "lr_scale": config.bn_bias_lr})
     if config.opt == "sgd":
         return torch.optim.SGD(
             groups, lr=lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0

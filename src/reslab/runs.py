@@ -31,6 +31,7 @@ from reslab.checkpoint import (
     save_checkpoint,
 )
 from reslab.config import TrainConfig
+from reslab.ema import EMA
 from reslab.errors import NonFiniteLossError, ReslabError
 from reslab.plots import plot_confusion_matrix, plot_curves
 
@@ -67,6 +68,7 @@ class RunCheckpoints:
     scaler: torch.amp.GradScaler | None
     steps_per_epoch: int
     world_size: int
+    ema: EMA | None = None  # the weights' moving average (--ema): saved as "model", the weights as "live_model"
 
     def save_last(self, pos: RunPosition, *, step: int, step_in_epoch: int, progress: EpochProgress) -> None:
         """Write last.pt for global step `step`; NonFiniteLossError (and nothing written) if the weights are not
@@ -78,7 +80,7 @@ class RunCheckpoints:
             state = TrainState(
                 config=self.config.to_dict(),
                 **self.meta,
-                model=self.model.state_dict(),
+                model=(self.ema or self.model).state_dict(),
                 optimizer=self.optimizer.state_dict(),
                 scaler=self.scaler.state_dict() if self.scaler is not None else None,
                 epoch=pos.epoch,
@@ -91,6 +93,7 @@ class RunCheckpoints:
                 best_val_acc=pos.best_val_acc,
                 epoch_progress=progress,
                 threads=torch.get_num_threads(),
+                live_model=self.model.state_dict() if self.ema is not None else None,
             )
             try:
                 save_checkpoint(state, self.run_dir / "last.pt")
@@ -147,7 +150,7 @@ def restore(
     is_main: bool,
 ) -> tuple[RunPosition, int, EpochProgress]:
     """Load a checkpoint's state; returns (the position, the step in the current epoch to start at, its sums)."""
-    model.load_state_dict(saved.model)
+    model.load_state_dict(saved.live_model if saved.live_model is not None else saved.model)
     optimizer.load_state_dict(saved.optimizer)
     if scaler is not None and saved.scaler is not None:
         scaler.load_state_dict(saved.scaler)
@@ -242,6 +245,7 @@ FIXED_ON_RESUME = (
     "train_subset",
     "seed",
     "opt",
+    "bn_bias_lr",  # a group of its own in the optimizer's state
 )
 MAY_CHANGE_ON_RESUME = tuple(
     f for f in TrainConfig.__dataclass_fields__ if f not in (*FIXED_ON_RESUME, "resume", "progress")

@@ -31,6 +31,7 @@ from reslab import distributed as D
 from reslab.checkpoint import EpochProgress, TrainState, model_from_checkpoint
 from reslab.config import TrainConfig
 from reslab.data import Dataset, folder_options, input_pipeline, load_dataset, make_loaders, make_splits
+from reslab.ema import EMA
 from reslab.errors import NonFiniteLossError, ReslabError
 from reslab.evaluate import evaluate
 from reslab.finetune import freeze_backbone, pretrained_model, weights_preprocess
@@ -123,12 +124,15 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
         "classes": list(data.classes),
         "preprocess": {**data.preprocess(), "mean": list(mean), "std": list(std), "crop": crop or h},
     }
-    ckpt = RunCheckpoints(run_dir, is_main, config, meta, model, optimizer, scaler, steps, world)
+    ema = EMA(model, config.ema) if config.ema else None
+    ckpt = RunCheckpoints(run_dir, is_main, config, meta, model, optimizer, scaler, steps, world, ema)
 
     pos, start_step, progress = RunPosition(), 0, EpochProgress()
     if plan.checkpoint is not None:
         saved = TrainState.from_dict(plan.checkpoint)
         pos, start_step, progress = restore(saved, model, optimizer, scaler, device, steps, world, is_main)
+        if ema is not None:  # the saved average, or (--ema given only now) one that starts from these weights
+            ema.load_state_dict(saved.model if saved.live_model is not None else model.state_dict())
         other = "" if saved.world_size == world else f"; saved by {saved.world_size} processes, now {world}"
         where = f"epoch {pos.epoch + 1}, step {pos.step} (step {start_step} of the epoch{other})"
         say(f"resuming from {plan.checkpoint['path']} at {where}")
@@ -173,6 +177,7 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
                     amp_dtype=amp_dtype,
                     scaler=scaler,
                     label_smoothing=config.label_smoothing,
+                    ema=ema,
                     stop=stop,
                     max_steps=config.max_steps,
                     ckpt_interval=config.ckpt_interval,
@@ -188,7 +193,8 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
                     raise _diverged(result, pos, ckpt)
                 pos.step = result.step
                 if result.step_in_epoch == steps:
-                    confusion = _end_epoch(result, pos, ckpt, loaders, amp_dtype, schedule(pos.step), t_start, say)
+                    tested = _end_epoch(result, pos, ckpt, loaders, amp_dtype, schedule(pos.step), t_start, say)
+                    confusion = tested if tested is not None else confusion
                 else:  # stopped mid-epoch: save exactly where it is
                     ckpt.save_last(pos, step=pos.step, step_in_epoch=result.step_in_epoch, progress=result.progress)
                     sums = result.progress
@@ -216,6 +222,8 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
         if not same:
             raise RuntimeError("DDP ranks ended with different weights; please report this as a reslab bug")
     model.eval()
+    if ema is not None:
+        model = ema.module  # what the run delivers: the averaged weights (also what its checkpoints serve)
     return FitResult(
         completed=pos.epoch >= config.epochs,
         run_dir=run_dir,
@@ -305,16 +313,23 @@ def _end_epoch(
     next_lr: float,
     t_start: float,
     say,
-) -> torch.Tensor:
-    """Evaluate, record, print and checkpoint a finished epoch; returns the test confusion matrix."""
+) -> torch.Tensor | None:
+    """Evaluate (the splits due after this epoch), record, print and checkpoint a finished epoch; returns the test
+    confusion matrix, or None if the test split was not evaluated."""
     t0 = time.perf_counter()
     D.broadcast_buffers(ckpt.model)  # one copy of the BatchNorm statistics for evaluation and the checkpoint
     ckpt.check_finite(pos, pos.step)  # before evaluating: inf BatchNorm statistics would give a meaningless score
+    net = ckpt.model
+    if ckpt.ema is not None:
+        net = ckpt.ema.module  # evaluation and best.pt judge the averaged weights, which are what eval/predict use
+        D.broadcast_buffers(net)
     num_classes = len(ckpt.meta["classes"])
+    config, epoch = ckpt.config, pos.epoch + 1
+    every = {"val": config.val_every, "test": config.test_every}
     evals = {
-        split: evaluate(ckpt.model, loaders[split], num_classes=num_classes, amp_dtype=amp_dtype)
+        split: evaluate(net, loaders[split], num_classes=num_classes, amp_dtype=amp_dtype, tta=config.tta)
         for split in ("val", "test")
-        if split in loaders
+        if split in loaders and _due(every[split], epoch, config.epochs)
     }
     pos.epoch += 1
     sums = result.progress
@@ -347,4 +362,10 @@ def _end_epoch(
     if improved or "val" not in loaders:
         # without a validation split there is nothing to choose by: best.pt is the latest epoch
         ckpt.copy_to_best()
-    return evals["test" if "test" in evals else "val"].confusion  # the data may have no test split
+    shown = "test" if "test" in loaders else "val"  # the data may have no test split
+    return evals[shown].confusion if shown in evals else None
+
+
+def _due(every: int, epoch: int, epochs: int) -> bool:
+    """Whether a split is evaluated after `epoch` (1-based): every `every` epochs and after the last (0: last only)."""
+    return epoch >= epochs or (every > 0 and epoch % every == 0)

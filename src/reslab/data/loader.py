@@ -17,8 +17,11 @@ from reslab.data.imagefolder import ImageFiles, decode_batches
 from reslab.data.transforms import (
     MEAN,
     STD,
+    alternating_flips,
     crop_flip,
     crop_flip_params,
+    erase,
+    erase_params,
     prepare_batch,
     resize,
     resized_crop,
@@ -65,7 +68,9 @@ class BatchLoader:
       the stored size), with `hflip`: ImageNet training.
     Otherwise (the padded crop, no augmentation, and always with train=False) `crop_size` takes the centre crop:
     Resize(256) + CenterCrop(224) for images stored at 256. Then normalisation with the dataset's per-channel `mean`
-    and `std` (default Fashion-MNIST's), then `resize`.
+    and `std` (default Fashion-MNIST's), then `resize`, then (training) `random_erasing`: the probability that an
+    image gets one random box set to the mean (torchvision's RandomErasing). `hflip_mode="alternate"` flips each
+    image at random (fixed by `seed`) in epoch 0 and then in every other epoch (airbench); "random": p=0.5 each time.
 
     train=False: no shuffle, no augmentation, nothing dropped: rank r gets the r-th contiguous shard, and the shards
     partition the set exactly, so correct/total summed over ranks equals a single-process evaluation. Ranks may
@@ -86,6 +91,8 @@ class BatchLoader:
         seed: int = 0,
         crop_padding: int = 0,
         hflip: bool = False,
+        hflip_mode: str = "random",
+        random_erasing: float = 0.0,
         resize: int | None = None,
         random_resized_crop: bool = False,
         rrc_scale: tuple[float, float] = (0.08, 1.0),
@@ -106,6 +113,8 @@ class BatchLoader:
             raise ValueError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
         if batch_size < 1 or crop_padding < 0 or not 0 <= rank < world_size:
             raise ValueError(f"bad loader arguments: {batch_size=}, {crop_padding=}, {rank=}, {world_size=}")
+        if hflip_mode not in ("random", "alternate") or not 0 <= random_erasing <= 1:
+            raise ValueError(f"bad loader arguments: {hflip_mode=}, {random_erasing=}")
         if random_resized_crop and crop_padding:
             raise ValueError("random_resized_crop and crop_padding are two different crops: choose one")
         h, w = images.shape[-2:]
@@ -125,8 +134,13 @@ class BatchLoader:
         self.random_resized_crop, self.rrc_scale, self.rrc_ratio = random_resized_crop, rrc_scale, rrc_ratio
         self.crop_size = crop_size
         self.mean, self.std = tuple(mean), tuple(std)
+        self.random_erasing = random_erasing
         self.epoch = 0
         n = len(images)
+        self._base_flips = None  # each image's flip in epoch 0 (alternating flips): a function of the seed alone
+        if train and hflip and hflip_mode == "alternate":
+            g = torch.Generator().manual_seed(_seed("flip", seed))
+            self._base_flips = (torch.rand(n, generator=g) < 0.5).to(self.device)
         if train:
             self.num_samples = n // world_size
             self.batch_size = min(batch_size, self.num_samples) or batch_size
@@ -168,18 +182,29 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)
 
-    def _uint8_batches(self, indices: torch.Tensor, step: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """(step, uint8 images, labels) of each batch from `step` on: gathered in memory or decoded from disk."""
+    def _uint8_batches(
+        self, indices: torch.Tensor, step: int
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(step, item indices, uint8 images, labels) of each batch from `step` on: gathered in memory or decoded
+        from disk."""
         steps = range(step, len(self))
         chunks = [indices[s * self.batch_size : (s + 1) * self.batch_size] for s in steps]
         if not self.streamed:
             for s, idx in zip(steps, chunks, strict=True):
-                yield s, self.images[idx], self.labels[idx]
+                yield s, idx, self.images[idx], self.labels[idx]
             return
         batches = [idx.tolist() for idx in chunks]
         decoded = decode_batches(self.images, batches, num_workers=self.num_workers)
         for s, idx, x in zip(steps, chunks, decoded, strict=True):
-            yield s, x.to(self.device, non_blocking=True), self.labels[idx]
+            yield s, idx, x.to(self.device, non_blocking=True), self.labels[idx]
+
+    def _erase(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        """Random erasing of a finished training batch, from its own generator: the crops and flips stay the draws
+        they are without it."""
+        if not (self.train and self.random_erasing > 0):
+            return x
+        g = torch.Generator().manual_seed(_seed("erase", self.seed, self.epoch, step, self.rank))
+        return erase(x, *erase_params(len(x), *x.shape[-2:], p=self.random_erasing, generator=g))
 
     def iter_from(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The current epoch's batches from `step` on: the same tensors as the tail of a full iteration."""
@@ -188,29 +213,33 @@ class BatchLoader:
         indices = self._indices()
         rrc = self.train and self.random_resized_crop
         augment = self.train and (self.crop_padding > 0 or self.hflip)
-        for s, x, y in self._uint8_batches(indices, step):  # x: (B, [C,] H, W) uint8
+        random_flips = self.hflip and self._base_flips is None
+        for s, idx, x, y in self._uint8_batches(indices, step):  # x: (B, [C,] H, W) uint8
             if rrc:
                 g = torch.Generator().manual_seed(_seed("augment", self.seed, self.epoch, s, self.rank))
                 h, w = x.shape[-2:]
-                params = resized_crop_params(
-                    len(x), h, w, scale=self.rrc_scale, ratio=self.rrc_ratio, hflip=self.hflip, generator=g
+                *box, flip = resized_crop_params(
+                    len(x), h, w, scale=self.rrc_scale, ratio=self.rrc_ratio, hflip=random_flips, generator=g
                 )
-                x = resized_crop(x, *params, size=self.crop_size or h)  # float (B, C, S, S) in [0, 255]
+                if self._base_flips is not None:
+                    flip = alternating_flips(self._base_flips[idx], self.epoch)
+                x = resized_crop(x, *box, flip, size=self.crop_size or h)  # float (B, C, S, S) in [0, 255]
                 x = resize(standardize(x, self.mean, self.std), self.resize)
-                yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
+                x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+                yield self._erase(x, s), y
                 continue
             if augment:
                 g = torch.Generator().manual_seed(_seed("augment", self.seed, self.epoch, s, self.rank))
-                top, left, flip = crop_flip_params(len(x), padding=self.crop_padding, hflip=self.hflip, generator=g)
+                top, left, flip = crop_flip_params(len(x), padding=self.crop_padding, hflip=random_flips, generator=g)
+                if self._base_flips is not None:
+                    flip = alternating_flips(self._base_flips[idx], self.epoch)
                 x = crop_flip(x, top, left, flip, padding=self.crop_padding)
-            yield (
-                prepare_batch(
-                    x,
-                    resize_to=self.resize,
-                    channels_last=self.channels_last,
-                    mean=self.mean,
-                    std=self.std,
-                    crop=self.crop_size,
-                ),
-                y,
+            x = prepare_batch(
+                x,
+                resize_to=self.resize,
+                channels_last=self.channels_last,
+                mean=self.mean,
+                std=self.std,
+                crop=self.crop_size,
             )
+            yield self._erase(x, s), y

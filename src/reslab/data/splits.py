@@ -108,6 +108,8 @@ def make_loaders(
             crop_padding=config.crop_padding,
             hflip=config.hflip,
             random_resized_crop=config.random_resized_crop,
+            hflip_mode=config.hflip_mode,
+            random_erasing=config.random_erasing,
             **common,
         )
     }

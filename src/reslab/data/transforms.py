@@ -6,7 +6,8 @@ Images are stored uint8, grayscale (B, H, W) or colour (B, C, H, W). Two trainin
   (as the pipeline `RandomCrop(28, padding) -> Resize(96)`);
 - the random resized crop and flip of ImageNet training (`resized_crop`, torchvision's `RandomResizedCrop`): the
   boxes are drawn as torchvision draws them, then one `grid_sample` cuts and resizes every box of the batch at once.
-Then the batch becomes float, normalised per channel with the dataset's mean and std, and resized as a whole.
+Then the batch becomes float, normalised per channel with the dataset's mean and std, and resized as a whole; random
+erasing (`erase`, torchvision's `RandomErasing` after `Normalize`) then blanks one box of some images of the batch.
 Every random draw comes from a CPU generator the caller seeds, so the same seed gives the same batch on any device.
 """
 
@@ -148,6 +149,63 @@ def resized_crop(
         hi = ((2 * (start + length) - 1) / full - 1)[:, None, None]
         grid[..., axis] = torch.minimum(torch.maximum(grid[..., axis], lo), hi)
     return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def alternating_flips(base: torch.Tensor, epoch: int) -> torch.Tensor:
+    """airbench's alternating flip (Jordan 2024, sec. 3.6): `base` is each image's random flip in epoch 0; every odd
+    epoch flips exactly the images that the even epochs leave alone, so any two consecutive epochs show both sides of
+    every image, where independent random flips show only one side to a quarter of them."""
+    return base ^ bool(epoch % 2)
+
+
+def erase_params(
+    batch_size: int,
+    height: int,
+    width: int,
+    *,
+    p: float,
+    scale: tuple[float, float] = (0.02, 0.33),
+    ratio: tuple[float, float] = (0.3, 3.3),
+    generator: torch.Generator,
+    attempts: int = 10,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random boxes (top, left, h, w) to erase, drawn as torchvision's `RandomErasing.get_params` (its defaults:
+    area fraction in `scale`, log-uniform aspect ratio in `ratio`, up to `attempts` tries for a box that fits), for
+    a fraction `p` of the batch; h = w = 0 (nothing erased) for the others and where no try fits.
+
+    All draws of the batch at once (a fixed number), so the boxes are a function of the generator's state alone.
+    """
+    g = generator
+    erase = torch.rand(batch_size, generator=g) < p
+    u_area, u_ratio = torch.rand(2, batch_size, attempts, generator=g, dtype=torch.float64)
+    target = height * width * (scale[0] + (scale[1] - scale[0]) * u_area)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u_ratio)
+    h = torch.sqrt(target * aspect).round().long()
+    w = torch.sqrt(target / aspect).round().long()
+    fits = (h < height) & (w < width)  # torchvision's condition: strictly smaller than the image
+    pick = fits.long().argmax(1)[:, None]  # the first try that fits
+    h, w = h.gather(1, pick)[:, 0], w.gather(1, pick)[:, 0]
+    keep = erase & fits.any(1)
+    h, w = torch.where(keep, h, 0), torch.where(keep, w, 0)
+    u_top, u_left = torch.rand(2, batch_size, generator=g, dtype=torch.float64)
+    top = (u_top * (height - h + 1)).floor().long()
+    left = (u_left * (width - w + 1)).floor().long()
+    return top, left, h, w
+
+
+def erase(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Set box (top, left, h, w) of each image of a normalised float batch (B, C, H, W) to 0 (the dataset's mean,
+    as torchvision's RandomErasing(value=0) after Normalize); every channel alike. Keeps the memory format."""
+    b, _, height, width = x.shape
+    device = x.device
+    top, left, h, w = (t.to(device)[:, None] for t in (top, left, h, w))  # (B, 1)
+    rows = torch.arange(height, device=device)[None]  # (1, H)
+    cols = torch.arange(width, device=device)[None]
+    in_rows = (rows >= top) & (rows < top + h)  # (B, H)
+    in_cols = (cols >= left) & (cols < left + w)  # (B, W)
+    mask = in_rows[:, None, :, None] & in_cols[:, None, None, :]  # (B, 1, H, W)
+    return x.masked_fill(mask, 0.0)
 
 
 def center_crop(images: torch.Tensor, size: int | None) -> torch.Tensor:
