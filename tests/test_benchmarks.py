@@ -18,15 +18,19 @@ def run_script(*args: str) -> str:
     return out.stdout
 
 
-def test_time_to_accuracy_smoke_saves_the_epochs_it_prints(tmp_path):
-    out = run_script("benchmarks/time_to_accuracy.py", "--smoke", "--output", str(tmp_path))
-    assert out.startswith("machine: ") and "cores" in out
+def test_time_to_accuracy_smoke_saves_the_epochs_it_prints_and_the_spread_of_its_repeats(tmp_path):
+    out = run_script("benchmarks/time_to_accuracy.py", "--smoke", "--repeats", "2", "--output", str(tmp_path))
+    assert out.startswith("machine: ") and "cores" in out and "load average" in out
     report = json.loads((tmp_path / "time_to_accuracy.json").read_text())
     printed = [(int(e), float(acc)) for e, acc in re.findall(r"epoch (\d+): test acc ([\d.]+) at", out)]
-    saved = [(row["epoch"], row["test_acc"]) for row in report["epochs"]]
+    saved = [(row["epoch"], row["test_acc"]) for row in report["runs"][0]["epochs"]]
     assert len(printed) == len(saved) == report["config"]["epochs"] == 2
     assert printed == [(e, pytest.approx(acc, abs=5e-5)) for e, acc in saved]
     assert ("NOT reached" in out) == (report["time_to_target_s"] is None)
+    assert len(report["runs"]) == 2 and f"commit {report['commit']}" in out
+    assert "fit(): mean " in out and "n=2)" in out  # the spread of the repeats
+    # the same seed on the CPU: every repeat reaches the same accuracy
+    assert report["runs"][0]["final_test_acc"] == report["runs"][1]["final_test_acc"]
 
 
 def test_throughput_ratios_are_each_modes_figures_over_the_first_modes():
