@@ -298,4 +298,4 @@ def test_every_train_flag_says_what_it_does_and_its_default(capsys):
     assert fields <= {a.dest for a in flags}
     for action in flags:
         assert action.help and "default: " in action.help, action.option_strings
-    assert "--epochs EPOCHS passes over the training split (default: 2; d2l: 5; paper-cifar: 182)" in text
+    assert "--epochs EPOCHS passes over the training split (default: 3; best: 27; d2l: 5; paper-cifar: 182)" in text
