@@ -14,7 +14,20 @@ from reslab.weights import convert
 
 # 4 colour classes at 16x16: the class is a pattern in each channel, so a small network learns it in seconds
 SOURCE = synthetic_dataset(num_train=320, num_test=80, num_classes=4, image_size=16, in_chans=3)
-FOLDER_ARGS = ["--dataset", "imagefolder", "--image-size", "16", "--model", "resnet8", "-b", "32", "--threads", "1"]
+FOLDER_ARGS = [
+    "--dataset",
+    "imagefolder",
+    "--image-size",
+    "16",
+    "--model",
+    "resnet8",
+    "-b",
+    "32",
+    "--threads",
+    "1",
+    "--lr",
+    "0.2",
+]
 
 
 @pytest.fixture(scope="module")
