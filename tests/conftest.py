@@ -2,11 +2,20 @@
 
 import functools
 import http.server
+import os
 import socket
 import threading
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n N runs N worker processes: one torch thread each (and in the processes they start), so that N workers
+    # on N cores do not oversubscribe them; every test that depends on a thread count sets its own
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
