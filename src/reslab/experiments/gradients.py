@@ -31,7 +31,7 @@ import torch
 
 from reslab.errors import ReslabError
 from reslab.experiments.degradation import default_output, degradation_runs, experiment_setup
-from reslab.experiments.harness import duration, machine_info, write_csv, write_json
+from reslab.experiments.harness import duration, machine_info, write_csv, write_study
 from reslab.experiments.networks import (
     Network,
     fixed_subset,
@@ -337,7 +337,6 @@ def run_gradients(
     )
     plot_gradients(results, output / "figure.png", title=title + (" (--quick)" if quick else ""))
     table = format_gradients_table(results, max_lag)
-    (output / "table.md").write_text(table + "\n")
     layer_rows = [{"network": r["label"], "state": r["state"], **n} for r in results for n in r["norms"]]
     write_csv(
         output / "results.csv",
@@ -377,11 +376,5 @@ def run_gradients(
         "results": results,
         "verdict": verdict,
     }
-    write_json(output / "results.json", doc)
-    (output / "verdict.txt").write_text(verdict + "\n")
-    print()
-    print(table)
-    print()
-    print(verdict)
-    print(f"\ngradients in {duration(elapsed)}; figure, table and numbers in {output}/")
+    write_study(output, "gradients", table=table, doc=doc, verdict=verdict, elapsed=elapsed)
     return doc, verdict

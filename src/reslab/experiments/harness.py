@@ -286,6 +286,19 @@ def write_json(path: str | Path, doc: dict[str, Any]) -> Path:
     return path
 
 
+def write_study(output: Path, what: str, *, table: str, doc: dict[str, Any], verdict: str, elapsed: float) -> None:
+    """The outputs every study writes besides its figure and CSV: table.md, results.json and verdict.txt in `output`;
+    then the table, the verdict and where they are, printed."""
+    (output / "table.md").write_text(table + "\n")
+    write_json(output / "results.json", doc)
+    (output / "verdict.txt").write_text(verdict + "\n")
+    print()
+    print(table)
+    print()
+    print(verdict)
+    print(f"\n{what} in {duration(elapsed)}; figure, table and numbers in {output}/")
+
+
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
     """One row per dict, the given columns in order (a missing key is an empty cell); floats to 7 significant
     digits (gradient norms span 1e-8..1e3, so not a fixed number of decimals)."""

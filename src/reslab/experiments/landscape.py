@@ -28,7 +28,7 @@ from matplotlib.colors import LogNorm
 
 from reslab.errors import ReslabError
 from reslab.experiments.degradation import default_output, degradation_runs, experiment_setup
-from reslab.experiments.harness import duration, machine_info, write_csv, write_json
+from reslab.experiments.harness import duration, machine_info, write_csv, write_study
 from reslab.experiments.networks import Network, fixed_subset, torch_threads, trained_networks, training_images
 from reslab.plots import pyplot
 from reslab.understand import hessian_extreme_eigenvalues, loss_surface, random_direction, summarize_surface
@@ -270,7 +270,6 @@ def run_landscape(
     title = f"Loss landscape (Li et al. 2018): {len(labels):,} training images, filter-normalised directions"
     plot_landscapes(surfaces, output / "figure.png", depths=depths, title=title + (" (--quick)" if quick else ""))
     table = format_landscape_table(summaries, times, radius)
-    (output / "table.md").write_text(table + "\n")
     write_csv(output / "results.csv", rows, ["network", "slice", "x", "y", "loss", "accuracy"])
     elapsed = time.perf_counter() - t_start
     doc = {
@@ -298,11 +297,5 @@ def run_landscape(
         "train_indices": index,
         "verdict": verdict,
     }
-    write_json(output / "results.json", doc)
-    (output / "verdict.txt").write_text(verdict + "\n")
-    print()
-    print(table)
-    print()
-    print(verdict)
-    print(f"\nlandscape in {duration(elapsed)}; figure, table and numbers in {output}/")
+    write_study(output, "landscape", table=table, doc=doc, verdict=verdict, elapsed=elapsed)
     return doc, verdict

@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from reslab.errors import ReslabError
 from reslab.experiments.degradation import default_output, degradation_runs, experiment_setup
-from reslab.experiments.harness import duration, machine_info, write_csv, write_json
+from reslab.experiments.harness import duration, machine_info, write_csv, write_study
 from reslab.experiments.networks import Network, fixed_subset, torch_threads, trained_networks
 from reslab.plots import pyplot
 from reslab.understand import evaluator, lesion_study, summarize_lesions
@@ -289,7 +289,6 @@ def run_lesion(
     output.mkdir(parents=True, exist_ok=True)
     title = f"Lesion study (Veit et al. 2016) on {len(labels):,} test images"
     plot_lesions(studies, output / "figure.png", chance=chance, title=title + (" (--quick)" if quick else ""))
-    (output / "table.md").write_text(format_lesion_table(summaries, times) + "\n")
     write_csv(output / "results.csv", rows, COLUMNS)
     elapsed = time.perf_counter() - t_start
     doc = {
@@ -313,11 +312,7 @@ def run_lesion(
         "test_indices": index,
         "verdict": verdict,
     }
-    write_json(output / "results.json", doc)
-    (output / "verdict.txt").write_text(verdict + "\n")
-    print()
-    print(format_lesion_table(summaries, times))
-    print()
-    print(verdict)
-    print(f"\nlesion study in {duration(elapsed)}; figure, table and numbers in {output}/")
+    write_study(
+        output, "lesion study", table=format_lesion_table(summaries, times), doc=doc, verdict=verdict, elapsed=elapsed
+    )
     return doc, verdict
