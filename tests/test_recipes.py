@@ -16,22 +16,9 @@ from reslab.errors import ReslabError
 from reslab.evaluate import evaluate_checkpoint, tta_logits
 from reslab.optim import build_optimizer, set_lr
 from reslab.train import fit
+from test_train import DATA, tiny_config  # the same tiny, fast-learning setup as the training tests
 
-DATA = synthetic_dataset(num_train=640, num_test=200, image_size=8)
-TINY = dict(
-    model="resnet20",
-    model_kwargs={"widths": [8, 16, 32]},
-    batch_size=32,
-    lr=0.2,
-    val_size=128,
-    threads=1,
-    progress=False,
-)
 TRICKS = dict(crop_padding=1, hflip=True, hflip_mode="alternate", random_erasing=0.5, ema=0.9, bn_bias_lr=4.0)
-
-
-def tiny_config(tmp_path, **overrides):
-    return make_config(**{**TINY, "output": str(tmp_path), "name": "run", **overrides})
 
 
 def images_with_sides(n=64, size=6):
