@@ -584,3 +584,8 @@ def test_predict_cam_from_the_cli_for_a_chosen_class(shapes_model, tmp_path, cap
     err = capsys.readouterr().err
     assert "--cam-class: expected one of the model's classes (plus, square, hbar, vbar), got 'boot'" in err
     assert "needs --cam DIR" in err and "Traceback" not in err
+    (tmp_path / "a-file").write_text("")
+    assert main([*args, "--cam", str(tmp_path / "a-file")]) == 2  # before predicting anything
+    captured = capsys.readouterr()
+    assert "--cam: " in captured.err and "is a file, not a folder" in captured.err and "Traceback" not in captured.err
+    assert captured.out == ""  # nothing was predicted

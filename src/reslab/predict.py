@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from reslab.checkpoint import TrainedModel, load_checkpoint
+from reslab.checkpoint import TrainedModel, ensure_folder, load_checkpoint
 from reslab.data.transforms import MEAN, STD, prepare_batch
 from reslab.errors import ReslabError
 from reslab.runners import OnnxModel, Runner, TorchRunner, is_onnx, load_onnx
@@ -401,6 +401,8 @@ def predict_files(
     if cam_dir is not None and isinstance(trained, OnnxModel):
         raise ReslabError("--cam: Grad-CAM needs the model's gradients: a PyTorch checkpoint (.pt), not an ONNX file")
     target = None if cam_class is None else class_index(trained.classes, cam_class)
+    if cam_dir is not None:
+        ensure_folder(Path(cam_dir), flag="--cam")  # before any work: a file in the way is one line, not a traceback
     natural = is_natural(trained.preprocess)
     if natural:
         preprocess = _check_natural(trained)
