@@ -120,7 +120,8 @@ def _add_train(sub):
         "--recipe",
         default="default",
         choices=sorted(RECIPES),
-        help="a named set of defaults; other flags override it ('d2l': the seeds' exact configuration; "
+        help="a named set of defaults; other flags override it ('default': ResNet-8, 3 epochs, minutes on a CPU; "
+        "'best': ResNet-20, 27 epochs, 94%% test; 'd2l': the seeds' exact configuration; "
         "'paper-cifar': He et al. 2016's CIFAR-10 recipe; default: default)",
     )
     g = p.add_argument_group("model")
