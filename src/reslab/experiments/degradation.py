@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from reslab.config import TrainConfig
 from reslab.data import Dataset, find_data_dir, load_dataset
@@ -197,6 +197,33 @@ def shortcut_runs(depth: int) -> list[Run]:
 def default_output(which: str, quick: bool = False) -> Path:
     """runs/experiments/WHICH, or WHICH-quick: where an experiment writes by default."""
     return Path("runs") / "experiments" / (which + ("-quick" if quick else ""))
+
+
+class StudySetup(NamedTuple):
+    output: Path  # where the study writes its figure, table and numbers
+    networks: Path  # the degradation experiment's folder, whose networks it studies
+    threads: int | None
+    config: TrainConfig  # the degradation recipe, which the networks were (or will be) trained with
+    data: Dataset
+
+
+def study_setup(
+    name: str,
+    *,
+    output: str | Path | None,
+    networks: str | Path | None,
+    seed: int,
+    data_dir: str | None,
+    quick: bool,
+    threads: int | None,
+) -> StudySetup:
+    """What lesion, landscape and gradients start from: their folders (runs/experiments/NAME and degradation, or
+    their -quick twins), the degradation recipe and data; one thread under --quick."""
+    if threads is None and quick:
+        threads = 1
+    config, data = experiment_setup("degradation", seed=seed, data_dir=data_dir, quick=quick, threads=threads)
+    output = Path(output or default_output(name, quick))
+    return StudySetup(output, Path(networks or default_output("degradation", quick)), threads, config, data)
 
 
 def experiment_setup(

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from reslab.errors import ReslabError
-from reslab.experiments.degradation import default_output, degradation_runs, experiment_setup
+from reslab.experiments.degradation import degradation_runs, study_setup
 from reslab.experiments.harness import duration, machine_info, write_csv, write_study
 from reslab.experiments.networks import (
     Network,
@@ -280,12 +280,10 @@ def run_gradients(
     for flag, v, least in (("--batch", batch, 2), ("--lines", lines, 1), ("--points", points, 2 * max_lag + 1)):
         if v < least:
             raise ReslabError(f"{flag}: expected at least {least}, got {v}")
-    if threads is None and quick:
-        threads = 1
-    output = Path(output or default_output("gradients", quick))
-    networks = Path(networks or default_output("degradation", quick))
     t_start = time.perf_counter()
-    config, data = experiment_setup("degradation", seed=seed, data_dir=data_dir, quick=quick, threads=threads)
+    output, networks, threads, config, data = study_setup(
+        "gradients", output=output, networks=networks, seed=seed, data_dir=data_dir, quick=quick, threads=threads
+    )
     train_images, train_labels = training_images(config, data)
     cal_images, _, _ = fixed_subset(train_images, train_labels, CALIBRATION_IMAGES, seed=seed + 1)
     batch_images, batch_labels, _ = fixed_subset(train_images, train_labels, batch, seed=seed)

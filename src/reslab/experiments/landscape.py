@@ -27,7 +27,7 @@ import torch
 from matplotlib.colors import LogNorm
 
 from reslab.errors import ReslabError
-from reslab.experiments.degradation import default_output, degradation_runs, experiment_setup
+from reslab.experiments.degradation import degradation_runs, study_setup
 from reslab.experiments.harness import duration, machine_info, write_csv, write_study
 from reslab.experiments.networks import Network, fixed_subset, torch_threads, trained_networks, training_images
 from reslab.plots import pyplot
@@ -222,12 +222,10 @@ def run_landscape(
             raise ReslabError(f"{flag}: expected at least {least}, got {v}")
     if span < radius:
         raise ReslabError(f"--span: expected at least {radius} (the distance the summary is taken at), got {span}")
-    if threads is None and quick:
-        threads = 1
-    output = Path(output or default_output("landscape", quick))
-    networks = Path(networks or default_output("degradation", quick))
     t_start = time.perf_counter()
-    config, data = experiment_setup("degradation", seed=seed, data_dir=data_dir, quick=quick, threads=threads)
+    output, networks, threads, config, data = study_setup(
+        "landscape", output=output, networks=networks, seed=seed, data_dir=data_dir, quick=quick, threads=threads
+    )
     images, labels, index = fixed_subset(*training_images(config, data), train_size, seed=seed)
     xs = np.linspace(-span, span, grid).tolist()
     line = np.linspace(-span, span, line_points).tolist()

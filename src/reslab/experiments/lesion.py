@@ -22,7 +22,7 @@ from typing import Any
 from matplotlib.ticker import MaxNLocator
 
 from reslab.errors import ReslabError
-from reslab.experiments.degradation import default_output, degradation_runs, experiment_setup
+from reslab.experiments.degradation import degradation_runs, study_setup
 from reslab.experiments.harness import duration, machine_info, write_csv, write_study
 from reslab.experiments.networks import Network, fixed_subset, torch_threads, trained_networks
 from reslab.plots import pyplot
@@ -254,12 +254,10 @@ def run_lesion(
     for flag, v in (("--test-size", test_size), ("--max-k", max_k), ("--draws", draws)):
         if v < 1:
             raise ReslabError(f"{flag}: expected a positive number, got {v}")
-    if threads is None and quick:
-        threads = 1
-    output = Path(output or default_output("lesion", quick))
-    networks = Path(networks or default_output("degradation", quick))
     t_start = time.perf_counter()
-    config, data = experiment_setup("degradation", seed=seed, data_dir=data_dir, quick=quick, threads=threads)
+    output, networks, threads, config, data = study_setup(
+        "lesion", output=output, networks=networks, seed=seed, data_dir=data_dir, quick=quick, threads=threads
+    )
     images, labels, index = fixed_subset(data.test_images, data.test_labels, test_size, seed=seed)
     chance = 1 - 1 / data.num_classes
     with torch_threads(threads):
