@@ -50,7 +50,7 @@ def main() -> None:
     import torch
 
     from reslab.data import BatchLoader, export_png_folder, find_data_dir, load_dataset, load_imagefolder
-    from reslab.runtime import describe_machine, machine_line
+    from reslab.device import describe_machine, machine_line
 
     torch.set_num_threads(1)  # the loader's own work, one core: what the numbers compare is decoding against memory
     if args.data_dir or find_data_dir() is not None:

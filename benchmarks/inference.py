@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
+from reslab.backends import OnnxRunner, TorchRunner
+from reslab.device import cpu_has_bf16, machine_line
 from reslab.export import TOLERANCE, export_onnx
 from reslab.formats import describe
 from reslab.models import build_model
-from reslab.runners import OnnxRunner, TorchRunner
-from reslab.runtime import cpu_has_bf16, machine_line
 
 # name -> (build_model kwargs, input size, timed calls per round at batch 1, at the throughput batch)
 MODELS = {

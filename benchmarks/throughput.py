@@ -28,8 +28,8 @@ def measure(model_name: str, mode: str, *, size: int, batch: int, steps: int, de
     import torch
     import torch.nn.functional as F
 
+    from reslab.device import autocast, resolve_amp
     from reslab.models import build_model
-    from reslab.runtime import autocast, resolve_amp
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: torch and the interpreter
     amp, channels_last = MODES[mode]
@@ -113,7 +113,7 @@ def main() -> None:
         ]
         rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
     base = rows[0]
-    from reslab.runtime import machine_line
+    from reslab.device import machine_line
 
     print(f"machine: {machine_line()}")
     print(

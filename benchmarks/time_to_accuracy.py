@@ -92,7 +92,7 @@ def main() -> None:
         raise SystemExit(f"--repeats: expected a positive number of runs, got {args.repeats}")
 
     from reslab.config import make_config
-    from reslab.runtime import describe_machine, machine_line
+    from reslab.device import describe_machine, machine_line
     from reslab.train import fit
 
     t_imported = time.perf_counter()

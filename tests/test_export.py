@@ -158,7 +158,7 @@ def test_onnx_runtime_matches_eager_at_two_batch_sizes(onnx_files, checkpoints, 
 
 @needs_onnx
 def test_a_wrong_input_size_is_a_clear_error(onnx_files):
-    from reslab.runners import load_onnx
+    from reslab.backends import load_onnx
 
     model = load_onnx(onnx_files["cifar"].path)
     assert model.runner(torch.randn(2, 1, 28, 28)).shape == (2, 10)
@@ -311,8 +311,8 @@ def test_cli_export_verifies_on_images_and_reports(checkpoints, image_files, tmp
 
 @pytest.mark.parametrize("module", ["onnxruntime", "safetensors"])
 def test_without_the_extra_the_error_says_how_to_install_it(checkpoints, tmp_path, monkeypatch, module):
+    from reslab.backends import load_onnx
     from reslab.export import export_checkpoint
-    from reslab.runners import load_onnx
 
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
     if module == "safetensors":

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import reslab.checkpoint
-import reslab.runtime
+import reslab.device
 import reslab.train
 from reslab.checkpoint import non_finite_tensors, read_checkpoint, save_checkpoint
 from reslab.cli import main
@@ -376,7 +376,7 @@ def test_pickled_code_is_refused_without_torch_s_unsafe_advice(tmp_path, capsys)
 
 @pytest.mark.parametrize("amp, native", [("fp16", True), ("bf16", False)])
 def test_a_slow_precision_on_the_cpu_is_warned_about(tmp_path, capsys, monkeypatch, amp, native):
-    monkeypatch.setattr(reslab.runtime, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(reslab.device, "cpu_has_bf16", lambda: native)
     fit(tiny(tmp_path, epochs=1, max_steps=1, amp=amp, progress=True), data=DATA)
     out = capsys.readouterr().out
     assert f"warning: --amp {amp}" in out and "slower than fp32" in out
@@ -400,7 +400,7 @@ def test_the_issue_s_momentum_nan_is_refused_before_training(tmp_path, capsys):
 def test_the_readme_lists_exactly_the_flags_that_may_change_on_resume():
     from pathlib import Path
 
-    from reslab.runs import FIXED_ON_RESUME, MAY_CHANGE_ON_RESUME
+    from reslab.rundir import FIXED_ON_RESUME, MAY_CHANGE_ON_RESUME
 
     readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
     fixed, may = readme.split("*A resumed run keeps what its checkpoint means.*")[1].split("These may change:")

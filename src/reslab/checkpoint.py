@@ -36,10 +36,10 @@ from torch import nn
 
 from reslab import __version__
 from reslab.config import TrainConfig
+from reslab.device import pick_device
 from reslab.errors import NonFiniteLossError, ReslabError
 from reslab.formats import read_safetensors
 from reslab.models import build_model
-from reslab.runtime import pick_device
 
 FORMAT_VERSION = 2
 CHECKPOINT_NAMES = ("best.pt", "last.pt")  # what a run folder is searched for, in this order

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from reslab.device import pick_device
 from reslab.errors import ReslabError
-from reslab.runtime import pick_device
 
 
 @dataclass(frozen=True)

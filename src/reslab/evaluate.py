@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from reslab import distributed as D
+from reslab.backends import Runner, is_onnx, load_onnx
 from reslab.checkpoint import describe_os_error, ensure_folder, read_checkpoint, trained_model
 from reslab.config import TTA_MODES, TrainConfig, make_config
 from reslab.data import BatchLoader, Dataset, folder_options, input_pipeline, load_dataset, make_splits
+from reslab.device import autocast, pick_device, resolve_amp
 from reslab.errors import ReslabError
 from reslab.plots import plot_confusion_matrix
-from reslab.runners import Runner, is_onnx, load_onnx
-from reslab.runtime import autocast, pick_device, resolve_amp
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     tta: str = "none",
 ) -> EvalResult:
-    """The confusion matrix of `model` (or a runner: reslab.runners) on `loader`'s images, with test-time
+    """The confusion matrix of `model` (or a runner: reslab.backends) on `loader`'s images, with test-time
     augmentation `tta`, summed over processes under torchrun. A model is put back in its previous mode."""
     if not isinstance(model, nn.Module):
         counts = _confusion(model, loader, num_classes=num_classes, amp_dtype=None, tta=tta).clone()

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reslab.backends import INPUT_NAME, OUTPUT_NAME, check_input_size, load_onnx
 from reslab.checkpoint import model_from_checkpoint, read_checkpoint, trained_model
 from reslab.errors import ReslabError
 from reslab.formats import (
@@ -45,7 +46,6 @@ from reslab.formats import (
     write_safetensors,
 )
 from reslab.predict import image_batch
-from reslab.runners import INPUT_NAME, OUTPUT_NAME, check_input_size, load_onnx
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "safetensors": ".safetensors"}
 PT2_METADATA = "reslab.json"  # the extra file of a .pt2 archive that holds reslab's description

@@ -23,9 +23,9 @@ from tqdm import tqdm
 from reslab import distributed as D
 from reslab.checkpoint import EpochProgress
 from reslab.data import BatchLoader
+from reslab.device import autocast
 from reslab.ema import EMA
 from reslab.optim import set_lr
-from reslab.runtime import autocast
 
 
 class StopRequest:

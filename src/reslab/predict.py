@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from reslab.backends import OnnxModel, Runner, TorchRunner, is_onnx, load_onnx
 from reslab.checkpoint import TrainedModel, ensure_folder, load_checkpoint
 from reslab.data.transforms import MEAN, STD, prepare_batch
+from reslab.device import pick_device
 from reslab.errors import ReslabError
-from reslab.runners import OnnxModel, Runner, TorchRunner, is_onnx, load_onnx
-from reslab.runtime import pick_device
 from reslab.understand import grad_cam, save_cam_overlay
 
 # Fashion-MNIST's own size: images are brought to it first, then resized like the training images were (--resize),

@@ -31,6 +31,7 @@ from reslab import distributed as D
 from reslab.checkpoint import EpochProgress, TrainState, model_from_checkpoint
 from reslab.config import TrainConfig
 from reslab.data import Dataset, folder_options, input_pipeline, load_dataset, make_loaders, make_splits
+from reslab.device import amp_name, amp_warning, configure_device, resolve_amp
 from reslab.ema import EMA
 from reslab.errors import NonFiniteLossError, ReslabError
 from reslab.evaluate import evaluate
@@ -38,7 +39,7 @@ from reslab.finetune import freeze_backbone, pretrained_model, weights_preproces
 from reslab.loop import EpochResult, StopRequest, train_one_epoch
 from reslab.models import build_model
 from reslab.optim import Schedule, build_optimizer
-from reslab.runs import (
+from reslab.rundir import (
     RunCheckpoints,
     RunPosition,
     decide_run,
@@ -48,7 +49,6 @@ from reslab.runs import (
     write_metrics,
     write_plots,
 )
-from reslab.runtime import amp_name, amp_warning, configure_device, resolve_amp
 
 
 @dataclass

@@ -28,9 +28,9 @@ import torch
 
 from reslab.checkpoint import read_checkpoint
 from reslab.config import TrainConfig
+from reslab.device import describe_machine
 from reslab.errors import ReslabError
 from reslab.plots import ErrorCurve, plot_error_curves
-from reslab.runtime import describe_machine
 from reslab.train import fit
 
 

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from reslab.config import TrainConfig
+from reslab.device import autocast
 from reslab.errors import ReslabError
 from reslab.formats import from_strings, require
-from reslab.runtime import autocast
 
 INPUT_NAME = "input"  # (batch, C, H, W) float32, normalised as the model's "preprocess" says
 OUTPUT_NAME = "logits"  # (batch, num_classes) float32
