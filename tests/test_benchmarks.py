@@ -128,3 +128,28 @@ def test_throughput_bad_model_is_one_clear_line():
     )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "--models: unknown model 'resnet21'; did you mean" in out.stderr.splitlines()[-1]
+
+
+def test_inference_smoke_reports_every_path_with_its_difference_from_eager_fp32(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    paths = ["eager fp32", "eager bf16+channels_last", "onnxruntime", "onnxruntime spinning", "onnxruntime int8 static"]
+    report = tmp_path / "inference.json"
+    args = ["--smoke", "--threads", "1", "--paths", ",".join(paths), "--output", str(report)]
+    lines = run_script("benchmarks/inference.py", *args).splitlines()
+    assert lines[0].startswith("machine: ") and "(torch uses 1 threads)" in lines[0]
+    (result,) = json.loads(report.read_text())["results"]
+    rows, skipped = result["rows"], result["skipped"]
+    assert sorted([*rows, *skipped]) == sorted(paths)  # each path measured, or skipped with its reason
+    assert "eager bf16+channels_last" in rows or "native bf16" in skipped["eager bf16+channels_last"]
+    assert rows["eager fp32"]["abs_diff"] == 0.0 and rows["eager fp32"]["throughput_speedup"] == 1.0
+    base = rows["eager fp32"]
+    for path, r in rows.items():
+        (line,) = [line for line in lines if line[:24].rstrip() == path]  # the path column is 24 wide
+        assert r["latency_speedup"] == pytest.approx(base["latency_s"][0] / r["latency_s"][0])  # one round
+        assert r["rel_diff"] <= r["abs_diff"] and f"{100 * r['top1_agree']:.0f}%" in line.split()
+        assert f"{r['abs_diff']:.1e}" in line.split() and f"{r['rel_diff']:.1e}" in line.split()
+        assert ("not exact" in line) == (r["rel_diff"] > 1e-4)
+    # spinning changes how ONNX Runtime's threads wait, not what they compute; int8 is stated as approximate
+    assert rows["onnxruntime spinning"]["abs_diff"] == rows["onnxruntime"]["abs_diff"]
+    assert rows["onnxruntime"]["rel_diff"] <= 1e-4 < rows["onnxruntime int8 static"]["rel_diff"]
