@@ -35,9 +35,12 @@ MODES = {  # name -> (amp dtype, channels_last)
     "bf16+channels_last": ("bf16", True),
 }
 # the issue-27 list: ResNet-8/20/56 at 28 px (the default and best recipes train the first two), the d2l recipe's
-# ResNet-18 at 96 px, ResNet-50 at 224 px (at batch 16: batch 128 would need over 10 GiB for its activations)
+# ResNet-18 at 96 px, ResNet-50 at 224 px at batch 16 (its fp32 training took 2.2 GB above the interpreter there, so
+# batch 128 would need about 17 GB)
 ROOFLINE = "resnet8@28,resnet20@28,resnet56@28,d2l_resnet18@96,resnet50@3x224:16"
-ROOFLINE_STEPS, ROOFLINE_MIN_TIME = 3, 2.0  # per phase: about 3 minutes for all modes of all five on 2 AMX cores
+# per phase; estimated at 3-4 minutes for the four modes of all five on the idle 2-core AMX Xeon (from the images/s
+# measured before; not yet timed there: a run on the loaded machine at one thread took 6 minutes for two modes)
+ROOFLINE_STEPS, ROOFLINE_MIN_TIME = 3, 2.0
 FLOPS_PER_MAC = 2
 TRAIN_PASSES = 3  # forward + backward (the backward computes gradients of inputs and of weights: two forwards' work)
 
