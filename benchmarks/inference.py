@@ -14,7 +14,8 @@ latency (batch 1, milliseconds) and throughput (batch 32, images/s) of
     onnxruntime parallel      operators that do not depend on each other (a block's shortcut and its convs) run at
                               once (ORT_PARALLEL, as many inter-op threads as intra-op)
     onnxruntime fp16          the ONNX model's weights and activations in fp16, inputs and logits in fp32
-                              (onnxruntime.transformers.float16; ONNX Runtime's CPU provider has no bf16 kernels)
+                              (onnxruntime.transformers.float16; there is no bf16 path: ONNX's Conv operator
+                              does not take bf16 tensors, so ONNX Runtime rejects such a model)
     onnxruntime int8 dynamic  int8 weights, activations quantised on the fly (onnxruntime.quantization)
     onnxruntime int8 static   int8 weights per channel and uint8 activations (QDQ), their ranges calibrated on
                               4 batches of 8 random inputs other than the compared batch
