@@ -11,6 +11,7 @@ two forwards), times images/s; bf16 modes are compared with the bf16 peak, fp32 
     .venv/bin/python benchmarks/throughput.py                        # resnet20 at 1x28x28, the default recipe's batch
     .venv/bin/python benchmarks/throughput.py --models resnet8@28,d2l_resnet18@96 --steps 5
     .venv/bin/python benchmarks/throughput.py --roofline --json roofline.json   # the issue's list, a few minutes
+    .venv/bin/python benchmarks/throughput.py --markdown roofline.json          # its table for the docs
 
 A model is NAME@SIZE, NAME@CxSIZE or either with :BATCH (resnet50@3x224:16). Without C, the CIFAR and d2l networks
 get 1 channel (reslab trains them on Fashion-MNIST) and the ImageNet ones the registry's 3.
@@ -209,6 +210,32 @@ def format_roofline(models: list[dict], peak: dict, gemm_size: int) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(doc: dict) -> str:
+    """A --json file's roofline as a Markdown table, with the machine, the peaks and the command that measured it."""
+    gemm = doc["gemm"]
+    peaks = ", ".join(f"{p} {v['best']:,.0f} GFLOP/s" for p, v in gemm["peak_gflop_s"].items())
+    lines = [
+        f"Measured by `{doc['command']}` on {doc['machine']}; took {doc['took_s']:.0f} s.",
+        f"GEMM peak ({gemm['n']}x{gemm['n']} matmul): {peaks}. Training FLOPs per image: multiply-adds x "
+        f"{doc['flops_per_mac']} x {doc['train_passes']}; each mode against its precision's peak.",
+        "",
+        "| model | input | batch | GMACs/image | mode | train img/s | train GFLOP/s | % of peak | infer img/s "
+        "| infer GFLOP/s | % of peak |",
+        "|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for m in doc["models"]:
+        for r in m["modes"]:
+            lines.append(
+                f"| {m['model']} | {'x'.join(map(str, m['input_size']))} | {m['batch']} | "
+                f"{m['macs_per_image'] / 1e9:.4f} | {r['mode']} | {r['train_img_s']:,.1f} | {r['train_gflop_s']:.1f} | "
+                f"{100 * r['train_fraction_of_peak']:.1f} | {r['infer_img_s']:,.1f} | {r['infer_gflop_s']:.1f} | "
+                f"{100 * r['infer_fraction_of_peak']:.1f} |"
+            )
+    if doc.get("note"):
+        lines += ["", doc["note"]]
+    return "\n".join(lines)
+
+
 def write_json(path: Path, doc: dict) -> None:
     """Atomically: a temporary file beside `path`, fsynced, renamed over it (an interrupted run keeps the old one)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -262,10 +289,17 @@ def main() -> None:
     p.add_argument("--modes", default=None, help="comma-separated subset of " + ", ".join(MODES) + " (default: all)")
     p.add_argument("--gemm-size", type=int, default=2048, help="n of the n x n GEMM that measures the peak")
     p.add_argument("--json", default=None, metavar="PATH", help="also write every figure as JSON to PATH")
+    p.add_argument("--markdown", metavar="PATH", help="print a --json file's roofline as Markdown")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one mode in this process, print JSON
     p.add_argument("--spec", help=argparse.SUPPRESS)  # internal: the model of --one, as JSON
     p.add_argument("--peak", help=argparse.SUPPRESS)  # internal: GEMM peaks of these precisions, print JSON
     args = p.parse_args()
+    if args.markdown:
+        try:
+            print(format_markdown(json.loads(Path(args.markdown).read_text())))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            p.error(f"--markdown: {args.markdown!r} is not a JSON file written by --json ({type(e).__name__}: {e})")
+        return
     if args.threads:
         import torch
 

@@ -103,6 +103,14 @@ def test_throughput_ratios_and_roofline_are_consistent_with_the_images_per_secon
         assert abs(pct - 100 * gflop_s / peak) <= slack
     assert lines[-1].startswith("took ")
 
+    # the docs' table, regenerated from the JSON without measuring: one row per mode, the same figures
+    table = run_script("benchmarks/throughput.py", "--markdown", str(report)).splitlines()
+    assert table[0].startswith("Measured by `benchmarks/throughput.py --steps 1") and doc["machine"] in table[0]
+    md_rows = [[c.strip() for c in line.strip("|").split("|")] for line in table if line.startswith("| resnet20")]
+    assert [row[4] for row in md_rows] == ["fp32", "bf16+channels_last"]
+    for row, r in zip(md_rows, model["modes"], strict=True):
+        assert float(row[7]) == pytest.approx(100 * r["train_fraction_of_peak"], abs=0.05)
+
 
 def test_throughput_roofline_preset_is_the_issues_list_at_the_inputs_the_models_expect():
     spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
