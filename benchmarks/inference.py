@@ -1,18 +1,33 @@
 """Inference speed along each path reslab can run a model, as speed-ups over eager fp32 measured in the same run:
 latency (batch 1, milliseconds) and throughput (batch 32, images/s) of
 
-    eager fp32            the model as `reslab predict` runs it (NCHW, fp32, inference mode)
-    eager channels_last   the same with model and batches in NHWC
-    eager bf16            bf16 autocast; only where the CPU has native bf16 (AVX512-BF16/AMX) unless --bf16
-    torch.compile         inductor, one static graph per batch size (compile time reported apart)
-    onnxruntime           the model exported by reslab.export (ONNX Runtime, CPU; export time reported apart)
+    eager fp32                the model as `reslab predict` runs it (NCHW, fp32, inference mode)
+    eager channels_last       the same with model and batches in NHWC
+    eager bf16                bf16 autocast; only where the CPU has native bf16 (AVX512-BF16/AMX) unless --bf16
+    eager bf16+channels_last  both
+    torch.compile             inductor, one static graph per batch size (compile time reported apart)
+    onnxruntime               the model exported by reslab.export, run as `reslab predict` runs an ONNX file
+                              (ONNX Runtime's CPU provider, all graph optimisations, threads that sleep when idle)
+    onnxruntime spinning      the same with ONNX Runtime's default of threads that spin while waiting for work
+                              (faster between small operators; reslab turns it off so as not to take the cores
+                              of other processes)
+    onnxruntime parallel      operators that do not depend on each other (a block's shortcut and its convs) run at
+                              once (ORT_PARALLEL, as many inter-op threads as intra-op)
+    onnxruntime fp16          the ONNX model's weights and activations in fp16, inputs and logits in fp32
+                              (onnxruntime.transformers.float16; there is no bf16 path: ONNX's Conv operator
+                              does not take bf16 tensors, so ONNX Runtime rejects such a model)
+    onnxruntime int8 dynamic  int8 weights, activations quantised on the fly (onnxruntime.quantization)
+    onnxruntime int8 static   int8 weights per channel and uint8 activations (QDQ), their ranges calibrated on
+                              4 batches of 8 random inputs other than the compared batch
 
 for ResNet-20 at 1x28x28 (Fashion-MNIST) and ResNet-50 at 3x224x224 (ImageNet), random weights (speed does not depend
 on them). Paths are timed in turns, round after round, and each speed-up is the median over rounds of the ratio within
 a round, so a change in the machine's load mid-run moves all paths alike. Each path's logits are compared with eager
-fp32 on one batch ("max |diff|", relative to the largest logit): a path is only "correct" within reslab.export's
-tolerance (1e-4). Runs on as many threads as torch uses (set OMP_NUM_THREADS, or --threads); ONNX Runtime gets the
-same number.
+fp32 on one batch: the largest absolute difference ("abs diff"), the same relative to the largest logit ("rel diff";
+a path is "correct" within reslab.export's tolerance, 1e-4) and the share of images whose top-1 class agrees. The
+ONNX paths share one export, counted in the setup time of the first of them (onnxruntime, unless --paths says
+otherwise); the others count their own conversion and session. Runs on as many threads as torch uses
+(set OMP_NUM_THREADS, or --threads); ONNX Runtime gets the same number.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/inference.py             # both networks; minutes on 2 cores
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/inference.py --models resnet20 --rounds 5
@@ -24,6 +39,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import os
 import statistics
 import sys
@@ -46,36 +62,147 @@ MODELS = {
     "resnet50": ({"num_classes": 1000}, (3, 224, 224), 3, 1),
     "resnet8": ({"in_chans": 1, "num_classes": 10}, (1, 28, 28), 2, 1),  # --smoke
 }
-PATHS = ("eager fp32", "eager channels_last", "eager bf16", "torch.compile", "onnxruntime")
+PATHS = (
+    "eager fp32",
+    "eager channels_last",
+    "eager bf16",
+    "eager bf16+channels_last",
+    "torch.compile",
+    "onnxruntime",
+    "onnxruntime spinning",
+    "onnxruntime parallel",
+    "onnxruntime fp16",
+    "onnxruntime int8 dynamic",
+    "onnxruntime int8 static",
+)
+BF16_PATHS = ("eager bf16", "eager bf16+channels_last")
+ONNX_PATHS = tuple(p for p in PATHS if p.startswith("onnxruntime"))
+CALIBRATION = (4, 8)  # batches x images that set the int8 activations' ranges
 
 
-def build_paths(name: str, model: torch.nn.Module, input_size, *, paths, batches, workdir: Path, log) -> dict:
-    """path name -> (callable on a batch, seconds it took to prepare); the paths that cannot run here are noted."""
-    made = {}
+class OrtSession:
+    """ONNX Runtime's CPU provider with reslab.backends.OnnxRunner's settings (all graph optimisations, `threads`
+    intra-op threads that sleep when idle, one operator at a time) except where asked: threads that spin while
+    waiting, or independent operators run in parallel."""
+
+    def __init__(self, path: Path, threads: int, *, spinning: bool = False, parallel: bool = False) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # the default, said aloud
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = threads if parallel else 1
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL if parallel else ort.ExecutionMode.ORT_SEQUENTIAL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.session.run(None, {self.input_name: x.contiguous().numpy()})
+        return torch.from_numpy(logits).float()
+
+
+def onnx_variant(path: str, onnx_file: Path, input_size, workdir: Path) -> Path:
+    """The ONNX file that `path` runs: the export itself, or its fp16 conversion or int8 quantisation."""
+    if path == "onnxruntime fp16":
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        out = workdir / "fp16.onnx"
+        onnx.save(convert_float_to_float16(onnx.load(str(onnx_file)), keep_io_types=True), str(out))
+        return out
+    if path not in ("onnxruntime int8 dynamic", "onnxruntime int8 static"):
+        return onnx_file
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    out = workdir / f"{path.split()[-1]}.onnx"
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime.quantization's advice to pre-process the model, on every call
+    try:
+        if path == "onnxruntime int8 dynamic":
+            quantize_dynamic(str(onnx_file), str(out), weight_type=QuantType.QInt8)
+        else:
+            g = torch.Generator().manual_seed(2)  # not the compared batch's seed
+            count, size = CALIBRATION
+            batches = [{"input": torch.randn(size, *input_size, generator=g).numpy()} for _ in range(count)]
+
+            class Batches(CalibrationDataReader):
+                def __init__(self):
+                    self.it = iter(batches)
+
+                def get_next(self):
+                    return next(self.it, None)
+
+            quantize_static(
+                str(onnx_file),
+                str(out),
+                Batches(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
+    finally:
+        root.setLevel(level)
+    return out
+
+
+def build_paths(name: str, model: torch.nn.Module, input_size, *, paths, batches, workdir: Path, threads, log):
+    """(path name -> (callable on a batch, seconds it took to prepare), path -> why it cannot run here)."""
+    made, failed = {}, {}
+    onnx_file = None
     for path in paths:
         t0 = time.perf_counter()
-        if path == "eager fp32":
-            run = TorchRunner(model)
-        elif path == "eager channels_last":
-            run = TorchRunner(_copy(model), channels_last=True)
-        elif path == "eager bf16":
-            run = TorchRunner(_copy(model), amp_dtype=torch.bfloat16)
-        elif path == "torch.compile":
-            compiled = torch.compile(_copy(model), dynamic=False)
-            run = TorchRunner(compiled)
-            for b in batches:  # compile now, one graph per batch size, so that timing sees none of it
-                run(torch.randn(b, *input_size))
-        elif path == "onnxruntime":
-            desc = describe(
-                {"model_name": name, "model_kwargs": {}, "input_size": list(input_size), "classes": [], "model": {}}
-            )
-            onnx_file = export_onnx(model, desc, workdir / f"{name}.onnx")
-            run = OnnxRunner(onnx_file)
-        else:
-            raise ValueError(path)
-        made[path] = (run, time.perf_counter() - t0)
-        log(f"  {path}: ready in {made[path][1]:.1f} s")
-    return made
+        try:
+            if path == "eager fp32":
+                run = TorchRunner(model)
+            elif path == "eager channels_last":
+                run = TorchRunner(_copy(model), channels_last=True)
+            elif path == "eager bf16":
+                run = TorchRunner(_copy(model), amp_dtype=torch.bfloat16)
+            elif path == "eager bf16+channels_last":
+                run = TorchRunner(_copy(model), channels_last=True, amp_dtype=torch.bfloat16)
+            elif path == "torch.compile":
+                compiled = torch.compile(_copy(model), dynamic=False)
+                run = TorchRunner(compiled)
+                for b in batches:  # compile now, one graph per batch size, so that timing sees none of it
+                    run(torch.randn(b, *input_size))
+            elif path in ONNX_PATHS:
+                if onnx_file is None:  # one export for every ONNX path, counted in the first one's setup
+                    about = {"model_name": name, "model_kwargs": {}, "input_size": list(input_size)}
+                    desc = describe({**about, "classes": [], "model": {}})
+                    onnx_file = export_onnx(model, desc, workdir / f"{name}.onnx")
+                if path == "onnxruntime":
+                    run = OnnxRunner(onnx_file)  # what `reslab predict` and `reslab eval` run
+                else:
+                    run = OrtSession(
+                        onnx_variant(path, onnx_file, input_size, workdir),
+                        threads,
+                        spinning=path == "onnxruntime spinning",
+                        parallel=path == "onnxruntime parallel",
+                    )
+                for b in batches:  # a session that cannot run its model fails here, not in the timing
+                    run(torch.randn(b, *input_size))
+            else:
+                raise ValueError(path)
+        except Exception as e:  # a path this machine or this ONNX Runtime cannot run is reported, not fatal
+            if path in ("eager fp32", "onnxruntime") or isinstance(e, ValueError):
+                raise
+            failed[path] = f"failed to prepare: {type(e).__name__}: {str(e).strip().splitlines()[0][:160]}"
+            log(f"  {path}: {failed[path]}")
+            continue
+        setup = time.perf_counter() - t0
+        made[path] = (run, setup)
+        log(f"  {path}: ready in {setup:.1f} s")
+    return made, failed
 
 
 def _copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -104,24 +231,31 @@ def bench_model(name: str, args, log) -> dict:
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
     paths, skipped = list(args.paths), {}
-    if "eager bf16" in paths and not (args.bf16 or cpu_has_bf16()):
-        paths.remove("eager bf16")
-        skipped["eager bf16"] = "no native bf16 on this CPU (emulated: several times slower); --bf16 measures it"
-    if "onnxruntime" in paths and (find_spec("onnxruntime") is None or find_spec("onnxscript") is None):
-        paths.remove("onnxruntime")
-        skipped["onnxruntime"] = "not installed: pip install 'reslab[export]'"
+    if not (args.bf16 or cpu_has_bf16()):
+        for path in set(paths) & set(BF16_PATHS):
+            skipped[path] = "no native bf16 on this CPU (emulated: several times slower); --bf16 measures it"
+    if find_spec("onnxruntime") is None or find_spec("onnxscript") is None:
+        for path in set(paths) & set(ONNX_PATHS):
+            skipped[path] = "not installed: pip install 'reslab[export]'"
+    paths = [path for path in paths if path not in skipped]
     log(f"{name} at {'x'.join(map(str, input_size))}: preparing {', '.join(paths)}")
     with tempfile.TemporaryDirectory() as tmp:
-        made = build_paths(name, model, input_size, paths=paths, batches=(1, batch), workdir=Path(tmp), log=log)
+        threads = args.threads or torch.get_num_threads()
+        made, failed = build_paths(
+            name, model, input_size, paths=paths, batches=(1, batch), workdir=Path(tmp), threads=threads, log=log
+        )
+        skipped.update(failed)
         g = torch.Generator().manual_seed(1)
         x1, xn = torch.randn(1, *input_size, generator=g), torch.randn(batch, *input_size, generator=g)
         reference = made["eager fp32"][0](xn)
         rows = {}
         for path, (run, setup) in made.items():
             out = run(xn)
+            abs_diff = float((out - reference).abs().max())
             rows[path] = {
                 "setup_s": setup,
-                "rel_diff": float((out - reference).abs().max()) / max(1.0, float(reference.abs().max())),
+                "abs_diff": abs_diff,
+                "rel_diff": abs_diff / max(1.0, float(reference.abs().max())),
                 "top1_agree": float((out.argmax(1) == reference.argmax(1)).float().mean()),
                 "latency_s": [],
                 "throughput": [],
@@ -151,17 +285,18 @@ def format_result(res: dict, rounds: int) -> str:
     throughput = f"batch {res['batch']} img/s"
     lines = [
         f"{res['model']} at {c}x{h}x{w}, random weights; speed-up over eager fp32, median of {rounds} round(s)",
-        f"{'path':<20} {'batch 1 ms':>10} {'speed-up':>8} {throughput:>15} {'speed-up':>8} "
-        f"{'max |diff|':>10} {'top-1':>6} {'setup s':>8}",
+        f"{'path':<24} {'batch 1 ms':>10} {'speed-up':>8} {throughput:>15} {'speed-up':>8} "
+        f"{'abs diff':>9} {'rel diff':>9} {'top-1':>6} {'setup s':>8}",
     ]
     for path, r in res["rows"].items():
         lines.append(
-            f"{path:<20} {r['latency_ms']:>10.2f} {r['latency_speedup']:>8.2f} {r['throughput_img_s']:>15.1f} "
-            f"{r['throughput_speedup']:>8.2f} {r['rel_diff']:>10.1e} {100 * r['top1_agree']:>5.0f}% "
-            f"{r['setup_s']:>8.1f}" + ("" if r["correct"] else "  (beyond 1e-4: not exact)")
+            f"{path:<24} {r['latency_ms']:>10.2f} {r['latency_speedup']:>8.2f} {r['throughput_img_s']:>15.1f} "
+            f"{r['throughput_speedup']:>8.2f} {r['abs_diff']:>9.1e} {r['rel_diff']:>9.1e} "
+            f"{100 * r['top1_agree']:>5.0f}% {r['setup_s']:>8.1f}"
+            + ("" if r["correct"] else "  (beyond 1e-4: not exact)")
         )
     for path, why in res["skipped"].items():
-        lines.append(f"{path:<20} skipped: {why}")
+        lines.append(f"{path:<24} skipped: {why}")
     return "\n".join(lines)
 
 

@@ -178,6 +178,13 @@ def min_input_size(model: nn.Module, in_chans: int, limit: int = 4096) -> int:
     return lo
 
 
+def model_macs(name: str, input_size: tuple[int, int, int], **overrides: Any) -> int:
+    """Multiply-adds per image of registered model `name` at `input_size` (C, H, W), counted as `reslab summary`
+    counts them (convolutions and linear layers: torchvision's GFLOPS) on the meta device; overrides go to
+    build_model. A ReslabError if the input does not suit the model (channels, or too small)."""
+    return _checked_summary(name, _build_meta(name, **overrides), tuple(input_size)).macs
+
+
 def _build_meta(name: str, **overrides: Any) -> nn.Module:
     entry = model_entry(name)  # unknown name: a ReslabError with the nearest names
     with torch.device("meta"):
