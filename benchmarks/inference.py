@@ -109,7 +109,7 @@ def bench_model(name: str, args, log) -> dict:
         skipped["eager bf16"] = "no native bf16 on this CPU (emulated: several times slower); --bf16 measures it"
     if "onnxruntime" in paths and (find_spec("onnxruntime") is None or find_spec("onnxscript") is None):
         paths.remove("onnxruntime")
-        skipped["onnxruntime"] = "not installed: pip install 'reslab[export]'"
+        skipped["onnxruntime"] = "not installed: pip install -e '.[export]'"
     log(f"{name} at {'x'.join(map(str, input_size))}: preparing {', '.join(paths)}")
     with tempfile.TemporaryDirectory() as tmp:
         made = build_paths(name, model, input_size, paths=paths, batches=(1, batch), workdir=Path(tmp), log=log)
