@@ -405,3 +405,9 @@ def test_the_architecture_page_names_every_layer():
     page = (ROOT / "docs" / "architecture.md").read_text()
     missing = [unit for layer in module.LAYERS for unit in sorted(layer) if f"`{unit}`" not in page]
     assert not missing, f"docs/architecture.md does not name the layers' units {missing} (tests/test_layers.py)"
+
+
+def test_the_readme_stays_a_front_page():
+    # depth goes into docs/ (issue 28): the README a newcomer reads in five minutes
+    lines = (ROOT / "README.md").read_text().count("\n")
+    assert lines <= 200, f"README.md has {lines} lines; move the detail into a page under docs/"
