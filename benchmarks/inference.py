@@ -236,7 +236,7 @@ def bench_model(name: str, args, log) -> dict:
             skipped[path] = "no native bf16 on this CPU (emulated: several times slower); --bf16 measures it"
     if find_spec("onnxruntime") is None or find_spec("onnxscript") is None:
         for path in set(paths) & set(ONNX_PATHS):
-            skipped[path] = "not installed: pip install 'reslab[export]'"
+            skipped[path] = "not installed: pip install -e '.[export]'"
     paths = [path for path in paths if path not in skipped]
     log(f"{name} at {'x'.join(map(str, input_size))}: preparing {', '.join(paths)}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 HAS_ONNX = all(find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime"))
 HAS_SAFETENSORS = find_spec("safetensors") is not None
 needs_onnx = pytest.mark.skipif(
-    not HAS_ONNX, reason="needs the export extra (onnx, onnxscript, onnxruntime): pip install 'reslab[export]'"
+    not HAS_ONNX, reason="needs the export extra (onnx, onnxscript, onnxruntime): pip install -e '.[export]'"
 )
 needs_safetensors = pytest.mark.skipif(
-    not HAS_SAFETENSORS, reason="needs the export extra (safetensors): pip install 'reslab[export]'"
+    not HAS_SAFETENSORS, reason="needs the export extra (safetensors): pip install -e '.[export]'"
 )
 
 # name -> (build_model kwargs, input size, trained on: a TrainConfig, or None for a weights-only checkpoint)
@@ -85,7 +85,7 @@ def checkpoints(tmp_path_factory):
 def onnx_files(checkpoints):
     """Each checkpoint exported to ONNX (verified by export_checkpoint itself)."""
     if not HAS_ONNX:
-        pytest.skip("needs the export extra (onnx, onnxscript, onnxruntime): pip install 'reslab[export]'")
+        pytest.skip("needs the export extra (onnx, onnxscript, onnxruntime): pip install -e '.[export]'")
     from reslab.export import export_checkpoint
 
     return {which: export_checkpoint(p, format="onnx", quiet=True) for which, p in checkpoints.items()}
@@ -317,7 +317,7 @@ def test_without_the_extra_the_error_says_how_to_install_it(checkpoints, tmp_pat
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
     if module == "safetensors":
         monkeypatch.setitem(sys.modules, "safetensors.torch", None)
-    with pytest.raises(ReslabError, match=r"pip install 'reslab\[export\]'"):
+    with pytest.raises(ReslabError, match=r"pip install -e '\.\[export\]'"):
         if module == "onnxruntime":
             load_onnx(tmp_path / "any.onnx")
         else:

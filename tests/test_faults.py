@@ -397,13 +397,13 @@ def test_the_issue_s_momentum_nan_is_refused_before_training(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
-def test_the_readme_lists_exactly_the_flags_that_may_change_on_resume():
+def test_the_guarantees_page_lists_exactly_the_flags_that_may_change_on_resume():
     from pathlib import Path
 
     from reslab.rundir import FIXED_ON_RESUME, MAY_CHANGE_ON_RESUME
 
-    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
-    fixed, may = readme.split("*A resumed run keeps what its checkpoint means.*")[1].split("These may change:")
+    page = " ".join((Path(__file__).parents[1] / "docs" / "guarantees.md").read_text().split())
+    fixed, may = page.split("*A resumed run keeps what its checkpoint means.*")[1].split("These may change:")
     fixed, may = fixed.split("cannot change")[0], may.split("- *")[0]
 
     def flags(text):

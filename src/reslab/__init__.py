@@ -1,6 +1,6 @@
 """reslab: deep residual networks (ResNet) to build, inspect, train and understand."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # The public API, imported lazily so that `import reslab` and `reslab --help` stay fast (torch loads on first use).
 _API = {

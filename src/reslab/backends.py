@@ -6,7 +6,7 @@ checkpoint it came from:
 - `OnnxRunner`: ONNX Runtime on the CPU, from a file written by `reslab export --format onnx`; `load_onnx` reads it
   with reslab's description of the model (classes, input size, preprocessing, training config) from its metadata.
 
-ONNX Runtime is optional (`pip install 'reslab[export]'`) and is imported only when an ONNX file is opened.
+ONNX Runtime is optional (`pip install -e '.[export]'`) and is imported only when an ONNX file is opened.
 """
 
 from __future__ import annotations

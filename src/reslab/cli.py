@@ -373,7 +373,7 @@ def _add_export(sub):
         "on the CPU, torch.export.load, or the reloaded weights), runs it beside eager PyTorch on random batches of "
         "two sizes and on --images, prints the largest logit difference and the top-1 agreement, and fails (removing "
         "the file) beyond the format's tolerance: 1e-4 of the largest logit for onnx and pt2, bit-exact for "
-        "safetensors. onnx and safetensors need `pip install 'reslab[export]'`; a .pt2 loads only with the torch "
+        "safetensors. onnx and safetensors need `pip install -e '.[export]'`; a .pt2 loads only with the torch "
         "version that wrote it.",
     )
     p.add_argument("checkpoint", help="a .pt file (or run folder) or .safetensors; training state is not exported")

@@ -13,7 +13,7 @@ that an exported file says its normalisation to whoever reads it.
 reslab's safetensors file is the model's state_dict, every buffer included (BN running statistics and
 num_batches_tracked), under its own key names and dtypes, with that description in the header. It reads back as a
 weights-only checkpoint dict (`read_safetensors`), so `reslab.load_checkpoint("model.safetensors")` works.
-The `safetensors` package is optional (`pip install 'reslab[export]'`): it is imported where it is used.
+The `safetensors` package is optional (`pip install -e '.[export]'`): it is imported where it is used.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ FORMAT_VERSION = 2  # the checkpoint format version the description follows (res
 REQUIRED = ("model_name", "model_kwargs", "input_size", "classes")
 OPTIONAL = ("preprocess", "source", "config", "epoch")
 KNOWN = ("format_version", "reslab_version", *REQUIRED, *OPTIONAL)
-EXTRA_HINT = "pip install 'reslab[export]' (onnx, onnxscript, onnxruntime, safetensors)"
+EXTRA_HINT = "pip install -e '.[export]' in reslab's folder (onnx, onnxscript, onnxruntime, safetensors)"
 
 
 def require(module: str, what: str) -> Any:
