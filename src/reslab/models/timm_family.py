@@ -91,8 +91,10 @@ NOT_COVERED = [
     (r"resnetaa\w*", "anti-aliased downsampling (an average pool in each strided block)"),
     (r"resnetblur\w*", "blur-pool anti-aliasing (BlurPool2d in each strided block)"),
     (r"legacy_\w*|senet154", "the SENet layout of Cadene's pretrainedmodels (other names, squeeze-and-excitation)"),
-    (r"(lambda_|halo|bot|sehalo|lamhalo|eca_halo|eca_bot)\w*", "self-attention blocks (lambda, halo, bottleneck "
-     "transformer)"),
+    (
+        r"(lambda_|halo|bot|sehalo|lamhalo|eca_halo|eca_bot)\w*",
+        "self-attention blocks (lambda, halo, bottleneck transformer)",
+    ),
     (r"seresne(x)?t\w*|se\w*resne(x)?t\w*", "squeeze-and-excitation attention in each block"),
     (r"eca\w*resne(x)?t\w*", "efficient channel attention (ECA) in each block"),
     (r"gcresne(x)?t\w*", "global-context attention in each block"),
