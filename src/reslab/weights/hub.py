@@ -93,6 +93,7 @@ def hub_download(src: str, *, allow_pickle: bool = False) -> HubFiles:
 def _import_hub(src: str):
     try:
         import huggingface_hub
+        import huggingface_hub.constants
         import huggingface_hub.utils
     except ImportError:
         raise ReslabError(
