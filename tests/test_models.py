@@ -336,7 +336,38 @@ def small_input(name):
     return torch.rand(2, c, size, size)
 
 
-@pytest.mark.parametrize("name", list_models())
+# timm's deeper or wider twins: the same block, stem and shortcuts as the model named, only more blocks or wider
+# groups; their counts, names and shapes are checked on the meta device (test_timm_architectures_...), and the code
+# they run is run by their twin here
+TWINS = {
+    "resnet26d": "resnet50d",
+    "resnet34d": "resnet18d",
+    "resnet101d": "resnet50d",
+    "resnet152d": "resnet50d",
+    "resnet200d": "resnet50d",
+    "resnet26t": "resnet14t",
+    "resnet50t": "resnet14t",
+    "resnet101c": "resnet50c",
+    "resnet152c": "resnet50c",
+    "resnet101s": "resnet50s",
+    "resnet152s": "resnet50s",
+    "resnet200": "resnet152",
+    "resnext101_32x16d": "resnext101_32x8d",
+    "resnext101_32x32d": "resnext101_32x8d",
+}
+
+
+def test_twins_differ_only_in_depth_or_group_width():
+    for name, twin in TWINS.items():
+        a, b = model_entry(name), model_entry(twin)
+        assert a.builder.args[0] is b.builder.args[0]  # the block
+        strip = {"width_per_group"}
+        assert {k: v for k, v in a.kwargs.items() if k not in strip} == {
+            k: v for k, v in b.kwargs.items() if k not in strip
+        }
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if n not in TWINS])
 def test_every_model_gives_finite_logits_and_a_gradient_to_every_parameter(name):
     torch.manual_seed(0)
     model = small_model(name)
@@ -352,7 +383,7 @@ def test_every_model_gives_finite_logits_and_a_gradient_to_every_parameter(name)
 DEEPEST = ("resnet1202", "preact_resnet1001")
 
 
-@pytest.mark.parametrize("name", [n for n in list_models() if n not in DEEPEST])
+@pytest.mark.parametrize("name", [n for n in list_models() if n not in DEEPEST and n not in TWINS])
 def test_every_model_pickles_and_deep_copies_into_an_equal_independent_model(name):
     torch.manual_seed(0)
     model = small_model(name).eval()
