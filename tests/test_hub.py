@@ -52,16 +52,16 @@ def one_thread():
 
 
 def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random values in every tensor (BatchNorm statistics included), so every tensor changes the output."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in model.state_dict().items():
-            if t.is_floating_point():
-                scale = 1.0 if name.endswith(("running_var", "bn1.weight")) else math.sqrt(2 / max(t[0].numel(), 1))
-                t.copy_(
-                    torch.randn(t.shape, generator=g).abs() + 0.5
-                    if "running_var" in name
-                    else torch.randn(t.shape, generator=g) * scale
-                )
+            if not t.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            else:
+                t.copy_(torch.randn(t.shape, generator=g) * (math.sqrt(2 / t[0].numel()) if t.ndim > 1 else 0.1))
     return model.eval()
 
 
@@ -241,8 +241,9 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    full = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", **env}
-    full.pop("HF_HUB_OFFLINE", None) if "HF_HUB_OFFLINE" not in env else None
+    """`python -m reslab ARGS` in a fresh process, with only the Hugging Face variables given here."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    full.update({"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", **env})
     return subprocess.run(
         [sys.executable, "-m", "reslab", *args], env=full, capture_output=True, text=True, timeout=240, cwd=ROOT
     )
@@ -329,6 +330,9 @@ def test_a_cache_filled_as_timm_does_is_used_offline_as_it_is(use_hub, tiny_resn
         assert torch.equal(loaded.eval()(x), model(x))
     assert loaded.pretrained_cfg["source"]["hub"]["commit"] == COMMIT
     assert sorted(p.name for p in (repo / "blobs").iterdir()) == sorted(etag(f, d) for f, d in files.items())
+    use_hub(offline=False)  # online, but nothing answers at the endpoint: the cache is used all the same
+    pre = load_pretrained("hf-hub:timm/resnet26d.bt_in1k", model_kwargs=TINY)
+    assert same(pre.model.state_dict(), model.state_dict())
 
 
 def test_weights_without_config_json_as_timm_create_model_caches_them(use_hub, tiny_resnet26d):
@@ -378,6 +382,9 @@ def test_a_revision_is_pinned_and_recorded(use_hub, standin, tiny_resnet26d):
     )
     assert v1.source["hub"]["revision"] == "v1"
     assert standin.gets("model.safetensors") == 2  # the pinned commit came from the cache v1 had filled
+    heads = sum(1 for method, _ in standin.log if method == "HEAD")
+    load_pretrained("hf-hub:timm/resnet26d.bt_in1k", model_kwargs=TINY)  # online again: asks what main is, no more
+    assert standin.gets("model.safetensors") == 2 and sum(1 for m, _ in standin.log if m == "HEAD") > heads
     with pytest.raises(ReslabError, match="has no revision 'v2'"):
         load_pretrained("hf-hub:timm/resnet26d.bt_in1k@v2", model_kwargs=TINY)
 
