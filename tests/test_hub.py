@@ -443,3 +443,9 @@ def test_weights_lists_timms_hub_weights_and_what_is_cached(use_hub, tiny_resnet
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if "hf-hub:" in line[:8]}
     assert rows["hf-hub:timm/resnet26d.bt_in1k"][1:] == ["resnet26d", "77.408", "288px", "16.01M", "yes"]
     assert rows["hf-hub:timm/resnet26.bt_in1k"][1:] == ["resnet26", "76.366", "288px", "16.00M"]  # not cached
+
+
+def test_without_huggingface_hub_the_error_says_what_to_install(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # `import huggingface_hub` fails, as when absent
+    assert main(["convert", "hf-hub:timm/resnet50.a1_in1k", "-o", str(tmp_path / "x.pt")]) == 2
+    assert "needs the huggingface_hub package: pip install 'reslab[hub]'" in capsys.readouterr().err
