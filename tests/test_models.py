@@ -674,6 +674,68 @@ def test_timm_architectures_have_timms_parameter_count_and_names(name):
         assert m.layer1[0].conv2.groups == cardinality
 
 
+def timm_state_dict_shapes(basic, layers, stem_type, stem_width, avg_down, cardinality, base_width):
+    """Every key of timm's ResNet(...).state_dict() and its shape, written from timm's definition (its module
+    names: conv1 or conv1.0/.1/.3/.4/.6, bn1, layerN.i.convK/bnK, downsample.0/.1 or .1/.2 behind the pool, fc)."""
+    shapes = {}
+
+    def conv(name, out, inp, k):
+        shapes[f"{name}.weight"] = (out, inp, k, k)
+
+    def bn(name, c):
+        shapes.update({f"{name}.{t}": (c,) for t in ("weight", "bias", "running_mean", "running_var")})
+        shapes[f"{name}.num_batches_tracked"] = ()
+
+    if stem_type:
+        inplanes = 2 * stem_width
+        c0 = 3 * (stem_width // 4) if stem_type == "deep_tiered" else stem_width
+        conv("conv1.0", c0, 3, 3), bn("conv1.1", c0), conv("conv1.3", stem_width, c0, 3)
+        bn("conv1.4", stem_width), conv("conv1.6", inplanes, stem_width, 3)
+    else:
+        inplanes = 64
+        conv("conv1", 64, 3, 7)
+    bn("bn1", inplanes)
+    for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
+        out = planes * (1 if basic else 4)
+        for j in range(blocks):
+            b = f"layer{i + 1}.{j}"
+            if basic:
+                conv(f"{b}.conv1", planes, inplanes, 3), bn(f"{b}.bn1", planes)
+                conv(f"{b}.conv2", planes, planes, 3), bn(f"{b}.bn2", planes)
+            else:
+                width = math.floor(planes * base_width / 64) * cardinality
+                conv(f"{b}.conv1", width, inplanes, 1), bn(f"{b}.bn1", width)
+                conv(f"{b}.conv2", width, width // cardinality, 3), bn(f"{b}.bn2", width)
+                conv(f"{b}.conv3", out, width, 1), bn(f"{b}.bn3", out)
+            if j == 0 and (i > 0 or inplanes != out):
+                first = 1 if avg_down else 0  # avg_down: the AvgPool2d (no state) at .0
+                conv(f"{b}.downsample.{first}", out, inplanes, 1), bn(f"{b}.downsample.{first + 1}", out)
+            inplanes = out
+    shapes["fc.weight"], shapes["fc.bias"] = (1000, inplanes), (1000,)
+    return shapes
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "resnet10t",
+        "resnet14t",
+        "resnet18d",
+        "resnet26d",
+        "resnet50s",
+        "resnet101d",
+        "resnext50d_32x4d",
+        "resnext101_32x4d",
+        "wide_resnet50_2",
+    ],
+)
+def test_timm_state_dicts_have_exactly_timms_keys_and_shapes(name):
+    # what load_state_dict(strict=True) needs: the same keys, in timm's order, and the same shapes
+    expected = timm_state_dict_shapes(*TIMM_DEFS[name])
+    actual = {k: tuple(v.shape) for k, v in meta(name).state_dict().items()}
+    assert list(actual) == list(expected) and actual == expected
+
+
 def test_timm_published_parameter_counts():
     # timm_param_count is reslab's count (the test above): here it meets the counts timm publishes with its weights
     from reslab.weights.timm_hub import TIMM_HUB_WEIGHTS
