@@ -336,7 +336,38 @@ def small_input(name):
     return torch.rand(2, c, size, size)
 
 
-@pytest.mark.parametrize("name", list_models())
+# timm's deeper or wider twins: the same block, stem and shortcuts as the model named, only more blocks or wider
+# groups; their counts, names and shapes are checked on the meta device (test_timm_architectures_...), and the code
+# they run is run by their twin here
+TWINS = {
+    "resnet26d": "resnet50d",
+    "resnet34d": "resnet18d",
+    "resnet101d": "resnet50d",
+    "resnet152d": "resnet50d",
+    "resnet200d": "resnet50d",
+    "resnet26t": "resnet14t",
+    "resnet50t": "resnet14t",
+    "resnet101c": "resnet50c",
+    "resnet152c": "resnet50c",
+    "resnet101s": "resnet50s",
+    "resnet152s": "resnet50s",
+    "resnet200": "resnet152",
+    "resnext101_32x16d": "resnext101_32x8d",
+    "resnext101_32x32d": "resnext101_32x8d",
+}
+
+
+def test_twins_differ_only_in_depth_or_group_width():
+    for name, twin in TWINS.items():
+        a, b = model_entry(name), model_entry(twin)
+        assert a.builder.args[0] is b.builder.args[0]  # the block
+        strip = {"width_per_group"}
+        assert {k: v for k, v in a.kwargs.items() if k not in strip} == {
+            k: v for k, v in b.kwargs.items() if k not in strip
+        }
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if n not in TWINS])
 def test_every_model_gives_finite_logits_and_a_gradient_to_every_parameter(name):
     torch.manual_seed(0)
     model = small_model(name)
@@ -352,7 +383,7 @@ def test_every_model_gives_finite_logits_and_a_gradient_to_every_parameter(name)
 DEEPEST = ("resnet1202", "preact_resnet1001")
 
 
-@pytest.mark.parametrize("name", [n for n in list_models() if n not in DEEPEST])
+@pytest.mark.parametrize("name", [n for n in list_models() if n not in DEEPEST and n not in TWINS])
 def test_every_model_pickles_and_deep_copies_into_an_equal_independent_model(name):
     torch.manual_seed(0)
     model = small_model(name).eval()
@@ -539,3 +570,189 @@ def test_bad_names_and_options_are_clear_errors():
         build_model("resnet20", shortcut="D")
     with pytest.raises(ReslabError, match="layers and widths"):
         ResNet(BasicBlock, [2, 2], widths=(16, 32, 64))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# timm's ResNet family: the counts timm's definition implies, the counts timm publishes, timm's key names
+#
+# Definitions: huggingface/pytorch-image-models, timm/models/resnet.py (@register_model: block, layers, stem_type,
+# stem_width, avg_down, cardinality, base_width). Published counts: the same repository's results/results-imagenet.csv
+# (param_count, millions to 2 decimals), one row per pretrained tag, in reslab.weights.timm_hub.
+
+TIMM_DEFS = {  # name -> (BasicBlock?, layers, stem_type, stem_width, avg_down, cardinality, base_width)
+    "resnet10t": (True, (1, 1, 1, 1), "deep_tiered", 32, True, 1, 64),
+    "resnet14t": (False, (1, 1, 1, 1), "deep_tiered", 32, True, 1, 64),
+    "resnet18": (True, (2, 2, 2, 2), "", 64, False, 1, 64),
+    "resnet18d": (True, (2, 2, 2, 2), "deep", 32, True, 1, 64),
+    "resnet26": (False, (2, 2, 2, 2), "", 64, False, 1, 64),
+    "resnet26d": (False, (2, 2, 2, 2), "deep", 32, True, 1, 64),
+    "resnet26t": (False, (2, 2, 2, 2), "deep_tiered", 32, True, 1, 64),
+    "resnet34": (True, (3, 4, 6, 3), "", 64, False, 1, 64),
+    "resnet34d": (True, (3, 4, 6, 3), "deep", 32, True, 1, 64),
+    "resnet50": (False, (3, 4, 6, 3), "", 64, False, 1, 64),
+    "resnet50c": (False, (3, 4, 6, 3), "deep", 32, False, 1, 64),
+    "resnet50d": (False, (3, 4, 6, 3), "deep", 32, True, 1, 64),
+    "resnet50s": (False, (3, 4, 6, 3), "deep", 64, False, 1, 64),
+    "resnet50t": (False, (3, 4, 6, 3), "deep_tiered", 32, True, 1, 64),
+    "resnet101": (False, (3, 4, 23, 3), "", 64, False, 1, 64),
+    "resnet101c": (False, (3, 4, 23, 3), "deep", 32, False, 1, 64),
+    "resnet101d": (False, (3, 4, 23, 3), "deep", 32, True, 1, 64),
+    "resnet101s": (False, (3, 4, 23, 3), "deep", 64, False, 1, 64),
+    "resnet152": (False, (3, 8, 36, 3), "", 64, False, 1, 64),
+    "resnet152c": (False, (3, 8, 36, 3), "deep", 32, False, 1, 64),
+    "resnet152d": (False, (3, 8, 36, 3), "deep", 32, True, 1, 64),
+    "resnet152s": (False, (3, 8, 36, 3), "deep", 64, False, 1, 64),
+    "resnet200": (False, (3, 24, 36, 3), "", 64, False, 1, 64),
+    "resnet200d": (False, (3, 24, 36, 3), "deep", 32, True, 1, 64),
+    "resnext50_32x4d": (False, (3, 4, 6, 3), "", 64, False, 32, 4),
+    "resnext50d_32x4d": (False, (3, 4, 6, 3), "deep", 32, True, 32, 4),
+    "resnext101_32x4d": (False, (3, 4, 23, 3), "", 64, False, 32, 4),
+    "resnext101_32x8d": (False, (3, 4, 23, 3), "", 64, False, 32, 8),
+    "resnext101_32x16d": (False, (3, 4, 23, 3), "", 64, False, 32, 16),
+    "resnext101_32x32d": (False, (3, 4, 23, 3), "", 64, False, 32, 32),
+    "resnext101_64x4d": (False, (3, 4, 23, 3), "", 64, False, 64, 4),
+    "wide_resnet50_2": (False, (3, 4, 6, 3), "", 64, False, 1, 128),
+    "wide_resnet101_2": (False, (3, 4, 23, 3), "", 64, False, 1, 128),
+}
+
+
+def timm_param_count(basic, layers, stem_type, stem_width, avg_down, cardinality, base_width, num_classes=1000):
+    """Parameters of timm's ResNet(...) counted from its definition, without building anything: conv weights
+    (no bias), BatchNorm weight + bias, the classifier. avg_down's pool has none, so it does not change the count."""
+    bn = 2
+    if stem_type:  # three 3x3 convs: (c0, stem_width, 2 * stem_width), c0 = 3 * (stem_width // 4) when tiered
+        inplanes = 2 * stem_width
+        c0 = 3 * (stem_width // 4) if stem_type == "deep_tiered" else stem_width
+        n = 3 * c0 * 9 + bn * c0 + c0 * stem_width * 9 + bn * stem_width + stem_width * inplanes * 9
+    else:
+        inplanes = 64
+        n = 3 * 64 * 49
+    n += bn * inplanes  # bn1
+    expansion = 1 if basic else 4
+    for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
+        out = planes * expansion
+        for j in range(blocks):
+            stride = 2 if i > 0 and j == 0 else 1
+            if basic:
+                n += inplanes * planes * 9 + bn * planes + planes * planes * 9 + bn * planes
+            else:
+                width = math.floor(planes * base_width / 64) * cardinality
+                n += inplanes * width + bn * width + width * (width // cardinality) * 9 + bn * width
+                n += width * out + bn * out
+            if j == 0 and (stride != 1 or inplanes != out):
+                n += inplanes * out + bn * out  # the projection: 1x1 conv + BN (behind a 2x2 average pool if avg_down)
+            inplanes = out
+    return n + inplanes * num_classes + num_classes
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_DEFS))
+def test_timm_architectures_have_timms_parameter_count_and_names(name):
+    basic, layers, stem_type, stem_width, avg_down, cardinality, base_width = TIMM_DEFS[name]
+    m = meta(name)
+    assert n_params(m) == timm_param_count(*TIMM_DEFS[name])
+    assert [len(getattr(m, f"layer{i}")) for i in (1, 2, 3, 4)] == list(layers)
+    assert isinstance(m.layer1[0], BasicBlock if basic else Bottleneck)
+    sd = m.state_dict()
+    inplanes = 2 * stem_width if stem_type else 64
+    if stem_type:  # timm's deep stem: conv1.0 (/2), conv1.1 BN, conv1.3, conv1.4 BN, conv1.6; bn1 after it
+        c0 = 3 * (stem_width // 4) if stem_type == "deep_tiered" else stem_width
+        assert sd["conv1.0.weight"].shape == (c0, 3, 3, 3) and sd["conv1.1.running_mean"].shape == (c0,)
+        assert sd["conv1.3.weight"].shape == (stem_width, c0, 3, 3) and sd["conv1.4.weight"].shape == (stem_width,)
+        assert sd["conv1.6.weight"].shape == (inplanes, stem_width, 3, 3)
+    else:
+        assert sd["conv1.weight"].shape == (64, 3, 7, 7)
+    assert sd["bn1.weight"].shape == (inplanes,)
+    # the stage-2 shortcut: conv at downsample.0 and BN at .1, or behind the average pool (.1 and .2) with avg_down
+    conv, norm = (
+        ("layer2.0.downsample.1", "layer2.0.downsample.2")
+        if avg_down
+        else ("layer2.0.downsample.0", "layer2.0.downsample.1")
+    )
+    assert sd[f"{conv}.weight"].shape[2:] == (1, 1) and f"{norm}.running_var" in sd
+    assert sd["fc.weight"].shape == (1000, 512 * (1 if basic else 4))
+    if cardinality > 1:
+        assert m.layer1[0].conv2.groups == cardinality
+
+
+def timm_state_dict_shapes(basic, layers, stem_type, stem_width, avg_down, cardinality, base_width):
+    """Every key of timm's ResNet(...).state_dict() and its shape, written from timm's definition (its module
+    names: conv1 or conv1.0/.1/.3/.4/.6, bn1, layerN.i.convK/bnK, downsample.0/.1 or .1/.2 behind the pool, fc)."""
+    shapes = {}
+
+    def conv(name, out, inp, k):
+        shapes[f"{name}.weight"] = (out, inp, k, k)
+
+    def bn(name, c):
+        shapes.update({f"{name}.{t}": (c,) for t in ("weight", "bias", "running_mean", "running_var")})
+        shapes[f"{name}.num_batches_tracked"] = ()
+
+    if stem_type:
+        inplanes = 2 * stem_width
+        c0 = 3 * (stem_width // 4) if stem_type == "deep_tiered" else stem_width
+        conv("conv1.0", c0, 3, 3), bn("conv1.1", c0), conv("conv1.3", stem_width, c0, 3)
+        bn("conv1.4", stem_width), conv("conv1.6", inplanes, stem_width, 3)
+    else:
+        inplanes = 64
+        conv("conv1", 64, 3, 7)
+    bn("bn1", inplanes)
+    for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
+        out = planes * (1 if basic else 4)
+        for j in range(blocks):
+            b = f"layer{i + 1}.{j}"
+            if basic:
+                conv(f"{b}.conv1", planes, inplanes, 3), bn(f"{b}.bn1", planes)
+                conv(f"{b}.conv2", planes, planes, 3), bn(f"{b}.bn2", planes)
+            else:
+                width = math.floor(planes * base_width / 64) * cardinality
+                conv(f"{b}.conv1", width, inplanes, 1), bn(f"{b}.bn1", width)
+                conv(f"{b}.conv2", width, width // cardinality, 3), bn(f"{b}.bn2", width)
+                conv(f"{b}.conv3", out, width, 1), bn(f"{b}.bn3", out)
+            if j == 0 and (i > 0 or inplanes != out):
+                first = 1 if avg_down else 0  # avg_down: the AvgPool2d (no state) at .0
+                conv(f"{b}.downsample.{first}", out, inplanes, 1), bn(f"{b}.downsample.{first + 1}", out)
+            inplanes = out
+    shapes["fc.weight"], shapes["fc.bias"] = (1000, inplanes), (1000,)
+    return shapes
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "resnet10t",
+        "resnet14t",
+        "resnet18d",
+        "resnet26d",
+        "resnet50s",
+        "resnet101d",
+        "resnext50d_32x4d",
+        "resnext101_32x4d",
+        "wide_resnet50_2",
+    ],
+)
+def test_timm_state_dicts_have_exactly_timms_keys_and_shapes(name):
+    # what load_state_dict(strict=True) needs: the same keys, in timm's order, and the same shapes
+    expected = timm_state_dict_shapes(*TIMM_DEFS[name])
+    actual = {k: tuple(v.shape) for k, v in meta(name).state_dict().items()}
+    assert list(actual) == list(expected) and actual == expected
+
+
+def test_timm_published_parameter_counts():
+    # timm_param_count is reslab's count (the test above): here it meets the counts timm publishes with its weights
+    from reslab.weights.timm_hub import TIMM_HUB_WEIGHTS
+
+    for entry in TIMM_HUB_WEIGHTS.values():
+        assert round(timm_param_count(*TIMM_DEFS[entry.model]) / 1e6, 2) == entry.param_count_m, entry.name
+    published = {e.model for e in TIMM_HUB_WEIGHTS.values()}
+    assert set(TIMM_DEFS) - published == {"resnet50t", "resnet200"}  # the two without weights in timm's table
+
+
+def test_timm_tiered_stem_is_24_32_64_and_s_stem_starts_layer1_at_128():
+    t = meta("resnet26t")
+    assert [c.out_channels for c in t.conv1 if isinstance(c, nn.Conv2d)] == [24, 32, 64]
+    s = meta("resnet50s")
+    assert [c.out_channels for c in s.conv1 if isinstance(c, nn.Conv2d)] == [64, 64, 128]
+    assert s.layer1[0].conv1.in_channels == 128 and s.layer1[0].downsample is not None
+    small = build_model("resnet26t", widths=(8, 16, 32, 64), num_classes=3)  # 6-8-16 stem: the same code, small
+    assert small.forward_features(torch.rand(1, 3, 64, 64)).shape == (1, 256, 2, 2)
+    with pytest.raises(ReslabError, match="stem_chans must be at least 8"):
+        build_model("resnet26t", widths=(4, 8, 16, 32))

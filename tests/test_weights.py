@@ -409,9 +409,22 @@ def test_timm_resnet50d_with_its_config(tmp_path, ext):
 
 def test_timm_architecture_names():
     assert timm_architecture("resnet50.a1_in1k") == ("resnet50", {})
-    assert timm_architecture("resnet101d") == ("resnet101", {"stem": "deep", "avg_down": True})
-    with pytest.raises(ReslabError, match="no reslab counterpart"):
-        timm_architecture("resnet26t")
+    assert timm_architecture("resnet101d") == ("resnet101d", {})  # timm's names are registered as they are
+    assert timm_architecture("resnet26t.ra2_in1k") == ("resnet26t", {})
+    # the others name what reslab lacks for them
+    for arch, lacks in [
+        ("seresnet50.a1_in1k", "squeeze-and-excitation"),
+        ("ecaresnet50d", "efficient channel attention"),
+        ("resnetblur50", "blur-pool"),
+        ("resnetaa50d", "anti-aliased"),
+        ("resnetrs101", "ResNet-RS"),
+        ("gcresnet50t", "global-context"),
+        ("resnet50_gn", "GroupNorm"),
+        ("resnetv2_50", "ResNetV2"),
+        ("resnet20", "does not define"),  # a CIFAR name of reslab's, not a timm architecture
+    ]:
+        with pytest.raises(ReslabError, match=f"{arch!r}: reslab does not build it yet.*{lacks}"):
+            timm_architecture(arch)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

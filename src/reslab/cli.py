@@ -531,10 +531,12 @@ def _cmd_experiment(args) -> int:
 def _add_weights(sub):
     p = sub.add_parser(
         "weights",
-        help="list the pretrained weights reslab knows by name (torchvision, akamaster's CIFAR, Kaiming He's Caffe)",
+        help="list the pretrained weights reslab knows by name (torchvision, akamaster's CIFAR, Kaiming He's Caffe, "
+        "timm's on the Hugging Face Hub)",
         description="Each name can be given to `reslab convert` or reslab.build_model(name, weights=...). Files are "
         "downloaded once into ~/.cache/reslab/weights (one already in torch's cache, $TORCH_HOME/hub/checkpoints, "
-        "is used from there); 'cached' says where a file is found now.",
+        "is used from there); 'cached' says where a file is found now. timm's weights are hf-hub:timm/NAME names, "
+        "read through the Hugging Face cache (HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE: docs/hub.md).",
     )
     p.add_argument("--filter", default="", metavar="TEXT", help="only names (or sources) containing TEXT")
     return p
@@ -556,7 +558,12 @@ def _add_convert(sub):
         "export read. A different --in-chans adapts the first convolution (in_chans=1 sums its RGB filters); a "
         "different --num-classes re-initialises the classifier; anything else that does not fit is an error.",
     )
-    p.add_argument("source", metavar="SRC", help="a name from `reslab weights`, a URL, a file or a timm folder")
+    p.add_argument(
+        "source",
+        metavar="SRC",
+        help="a name from `reslab weights`, hf-hub:ORG/NAME[@REVISION] (the Hugging Face Hub), a URL, a file or a "
+        "timm folder",
+    )
     p.add_argument("--model", default=None, help="the reslab architecture (default: the one the weights name)")
     p.add_argument(
         "--from",
@@ -567,6 +574,12 @@ def _add_convert(sub):
     )
     p.add_argument("--in-chans", type=int, default=None, help="input channels (default: the weights'; 1: grayscale)")
     p.add_argument("--num-classes", type=int, default=None, help="classes (default: the weights')")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="let an hf-hub: repository without model.safetensors give its pytorch_model.bin (a pickle file, read "
+        "with torch.load(weights_only=True)); default: safetensors only from the Hub",
+    )
     p.add_argument("-o", "--output", required=True, metavar="OUT.pt", help="the checkpoint to write")
     return p
 
@@ -584,6 +597,7 @@ def _cmd_convert(args) -> int:
         in_chans=args.in_chans,
         num_classes=args.num_classes,
         source_format=args.source_format,
+        allow_pickle=args.allow_pickle,
     )
     for line in pre.report:
         print(line)

@@ -19,6 +19,8 @@ from torch import nn
 from reslab.errors import ReslabError
 from reslab.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 from reslab.models.resnet import D2LResNet, ResNet
+from reslab.models.timm_family import BASIC_DEPTHS, describe, timm_resnets
+from reslab.models.timm_family import IMAGENET_LAYERS as TIMM_LAYERS
 
 IMAGENET_INPUT = (3, 224, 224)
 CIFAR_INPUT = (3, 32, 32)
@@ -101,6 +103,17 @@ _register(
     stem="deep",
     avg_down=True,
 )
+# the rest of timm's ResNets, ResNeXts and wide ResNets made of these blocks, under timm's names (see timm_family)
+for _name, (_depth, _kwargs, _what) in timm_resnets().items():
+    if _name not in _REGISTRY:
+        _block = BasicBlock if _depth in BASIC_DEPTHS else Bottleneck
+        _register(
+            _name,
+            _resnet(_block, list(TIMM_LAYERS[_depth])),
+            describe(_name, _depth, _kwargs, _what),
+            "imagenet",
+            **_kwargs,
+        )
 for _depth in (18, 34):
     _register(
         f"plain{_depth}",

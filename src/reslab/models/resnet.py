@@ -26,7 +26,7 @@ from reslab.models.blocks import (
     conv3x3,
 )
 
-STEMS = ("imagenet", "cifar", "deep")
+STEMS = ("imagenet", "cifar", "deep", "deep_tiered")
 STEM_POOLS = ("padded", "ceil")
 SHORTCUTS = ("A", "B", "C", "none")
 Block = type[BasicBlock] | type[Bottleneck] | type[PreActBasicBlock] | type[PreActBottleneck]
@@ -45,7 +45,10 @@ class ResNet(nn.Module):
       widths            `planes` per stage: (64, 128, 256, 512) for ImageNet, (16, 32, 64) for CIFAR
       stem_chans        channels out of the stem; default widths[0] (wide ResNets: 16)
       stem              "imagenet": 7x7/2 conv + 3x3/2 max-pool; "cifar": 3x3/1 conv, no pool;
-                        "deep": three 3x3 convs (the first /2) + max-pool (ResNet-C, Bag of Tricks 2019)
+                        "deep": three 3x3 convs (the first /2) of widths stem_chans/2, stem_chans/2, stem_chans,
+                        + max-pool (ResNet-C, Bag of Tricks 2019; timm's stem_type="deep", stem_width=stem_chans/2);
+                        "deep_tiered": the same with widths 3*(stem_chans/8), stem_chans/2, stem_chans (timm's
+                        "deep_tiered", its "t" models: 24, 32, 64)
       stem_pool         the stem's 3x3/2 max-pool: "padded" (padding 1, torchvision) or "ceil" (no padding, output
                         size rounded up: Caffe's, so Kaiming He's original ResNet-50/101/152 models)
       shortcut          where the shape changes: "A" zero-padded identity (parameter-free), "B" 1x1 projection
@@ -81,6 +84,9 @@ class ResNet(nn.Module):
         super().__init__()
         _check_options(layers, widths, in_chans, num_classes, stem, shortcut, avg_down, zero_init_residual)
         _check_stem_and_padding(stem, stem_pool, shortcut_a_pad)
+        minimum = {"deep": 2, "deep_tiered": 8}.get(stem, 1)  # the deep stems' first convs are 1/2 and 3/8 as wide
+        if (stem_chans or widths[0]) < minimum:
+            raise ReslabError(f"stem={stem!r}: stem_chans must be at least {minimum}, got {stem_chans or widths[0]}")
         self.preact = issubclass(block, PREACT_BLOCKS)
         self.shortcut = shortcut
         self.shortcut_a_pad = shortcut_a_pad
@@ -96,13 +102,15 @@ class ResNet(nn.Module):
             self.conv1 = nn.Conv2d(in_chans, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
         elif stem == "cifar":
             self.conv1 = conv3x3(in_chans, self.inplanes)
-        else:  # "deep": timm's layout, so its resnet50d names (conv1.0, conv1.1, ...) carry over
+        else:  # "deep", "deep_tiered": timm's layout, so its names (conv1.0, conv1.1, conv1.3, ...) carry over
+            # timm: inplanes = stem_width * 2; the tiered stem's first conv is 3 * (stem_width // 4) wide
             stem_width = self.inplanes // 2
+            first_width = 3 * (stem_width // 4) if stem == "deep_tiered" else stem_width
             self.conv1 = nn.Sequential(
-                conv3x3(in_chans, stem_width, stride=2),
-                norm_layer(stem_width),
+                conv3x3(in_chans, first_width, stride=2),
+                norm_layer(first_width),
                 nn.ReLU(inplace=True),
-                conv3x3(stem_width, stem_width),
+                conv3x3(first_width, stem_width),
                 norm_layer(stem_width),
                 nn.ReLU(inplace=True),
                 conv3x3(stem_width, self.inplanes),

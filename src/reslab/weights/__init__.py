@@ -3,11 +3,12 @@ exactly into reslab's models.
 
     import reslab
     model = reslab.build_model("resnet50", weights="resnet50.tv2_in1k")            # a table name, URL or file
+    model = reslab.build_model("resnet26d", weights="hf-hub:timm/resnet26d.bt_in1k")  # the Hugging Face Hub
     pre = reslab.weights.load_pretrained("resnet20-12fca82f.th", "resnet20", num_classes=100)
     reslab.weights.convert("ResNet-50-model.caffemodel", "resnet50-caffe.pt")       # = `reslab convert`
 
-`reslab weights` lists the table; `reslab convert` writes a weights-only reslab checkpoint that eval, predict,
-`train --pretrained` and export read.
+`reslab weights` lists the table and timm's Hub weights (reslab.weights.hub, docs/hub.md); `reslab convert` writes
+a weights-only reslab checkpoint that eval, predict, `train --pretrained` and export read.
 """
 
 from reslab.weights.adapt import adapt_input_conv, fit_state_dict

@@ -4,8 +4,9 @@ fit them to the model asked for, and say what was done.
     pre = load_pretrained("resnet50.tv2_in1k", "resnet50", num_classes=10)   # a Pretrained
     pre.model, pre.report, pre.preprocess, pre.checkpoint()                    # the model, what was done, ...
 
-SRC is a name from the table (`reslab weights`), a URL, a file (.pth .pt .th .bin .safetensors .caffemodel) or a
-folder holding a timm checkpoint and its config.json. Where the source format is not given it is taken from the
+SRC is a name from the table (`reslab weights`), a Hugging Face Hub name (hf-hub:timm/resnet50.a1_in1k[@REVISION],
+see reslab.weights.hub), a URL, a file (.pth .pt .th .bin .safetensors .caffemodel) or a folder holding a timm
+checkpoint and its config.json. Where the source format is not given it is taken from the
 table entry, then the file's extension, then its contents:
 
     reslab       a reslab checkpoint (its architecture, classes and preprocessing come with it), or a plain
@@ -29,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import pickle
-import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +42,9 @@ from reslab import __version__
 from reslab.checkpoint import FORMAT_VERSION, save_checkpoint
 from reslab.errors import ReslabError
 from reslab.models import build_model as build_architecture
-from reslab.models import list_models, model_entry
+from reslab.models import model_entry
 from reslab.models.registry import nearest_names
+from reslab.models.timm_family import not_covered, timm_resnets
 from reslab.weights.adapt import classifier, first_conv, fit_state_dict
 from reslab.weights.caffe import caffe_state_dict, read_caffemodel
 from reslab.weights.download import (
@@ -54,6 +55,7 @@ from reslab.weights.download import (
     verify_file,
     weights_cache,
 )
+from reslab.weights.hub import HubFiles, hub_download, is_hub_name
 from reslab.weights.imagenet_classes import IMAGENET_CLASSES
 from reslab.weights.table import (
     AKAMASTER,
@@ -69,6 +71,7 @@ from reslab.weights.table import (
     entry_for_file,
     natural_preprocess,
 )
+from reslab.weights.timm_hub import TIMM_HUB_WEIGHTS, timm_hub_entry
 
 PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 WEIGHT_SUFFIXES = (".pth", ".pt", ".th", ".bin", ".tar", ".ckpt", ".safetensors", ".caffemodel")
@@ -86,11 +89,16 @@ class Located:
     entry: WeightsEntry | None  # its table entry, if it is a published file
     url: str | None
     sha256: str | None  # checked against the name's prefix on this load; None where the name carries none
+    hub: HubFiles | None = None  # where a Hub name resolved to: repository, revision, commit
 
 
-def locate(src: str | Path) -> Located:
-    """The weights file SRC names, downloaded or found in a cache if need be, its SHA-256 prefix checked."""
+def locate(src: str | Path, *, allow_pickle: bool = False) -> Located:
+    """The weights file SRC names, downloaded or found in a cache if need be, its SHA-256 checked. `allow_pickle`
+    lets a Hub repository without model.safetensors give its pytorch_model.bin."""
     s = str(src)
+    if is_hub_name(s):
+        files = hub_download(s, allow_pickle=allow_pickle)
+        return Located(files.weights, None, None, files.sha256, hub=files)
     entry, url = WEIGHTS.get(s), None
     if entry is not None:
         url = entry.url
@@ -121,6 +129,8 @@ def locate(src: str | Path) -> Located:
 
 
 def _not_found(s: str) -> str:
+    if s in TIMM_HUB_WEIGHTS:
+        return f"{s!r}: no such file; timm's weights of that name are on the Hugging Face Hub: hf-hub:timm/{s}"
     if "/" not in s and Path(s).suffix not in WEIGHT_SUFFIXES:  # meant as a name from the table
         close = nearest_names(s, list(WEIGHTS))
         hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -160,7 +170,7 @@ def read_source(loc: Located, source_format: str | None = None) -> Source:
     if source_format is not None and source_format not in SOURCE_FORMATS:
         raise ReslabError(f"--from: expected one of {', '.join(SOURCE_FORMATS)}, got {source_format!r}")
     path = loc.path
-    fmt = source_format or (loc.entry.source if loc.entry else None)
+    fmt = source_format or (loc.entry.source if loc.entry else None) or ("timm" if loc.hub else None)
     if fmt is None and path.suffix == ".caffemodel":
         fmt = "caffe"
     if fmt == "caffe":
@@ -182,7 +192,9 @@ def read_source(loc: Located, source_format: str | None = None) -> Source:
     if fmt == "akamaster":
         sd = {("fc." + k[len("linear.") :] if k.startswith("linear.") else k): v for k, v in sd.items()}
     src = Source(fmt, sd)
-    if fmt == "timm":
+    if fmt == "timm" and loc.hub is not None and loc.hub.config is None:
+        _timm_hub_without_config(loc.hub, src)
+    elif fmt == "timm":
         _read_timm_config(path, src)
     elif loc.entry is not None:
         src.model_name = loc.entry.model
@@ -285,18 +297,34 @@ def _timm_config_file(path: Path) -> Path | None:
 
 
 def timm_architecture(arch: str) -> tuple[str, dict[str, Any]]:
-    """timm's architecture name -> (reslab model, kwargs): "resnet50" -> ("resnet50", {}), "resnet101d" ->
-    ("resnet101", {"stem": "deep", "avg_down": True}). A pretrained tag ("resnet50.a1_in1k") is ignored."""
+    """timm's architecture name -> (reslab model, kwargs): reslab registers timm's ResNets under timm's names
+    ("resnet101d" -> ("resnet101d", {})). A pretrained tag ("resnet50.a1_in1k") is ignored. The others (SE, ECA,
+    anti-aliased, ResNet-RS, ...) are a ReslabError naming what reslab lacks for them."""
     base = arch.split(".")[0]
-    if base in list_models():
+    if base in timm_resnets():
         return base, {}
-    m = re.fullmatch(r"(resnet\d+)d", base)
-    if m and m.group(1) in list_models():  # ResNet-D: timm's deep stem (stem_width 32) + avg_down shortcuts
-        return m.group(1), {"stem": "deep", "avg_down": True}
+    lacks = not_covered(base) or "a layout reslab does not know"
     raise ReslabError(
-        f"timm architecture {arch!r} has no reslab counterpart: reslab reads timm's plain ResNets, ResNeXts and wide "
-        "ResNets and the 'd' variants (resnet18d ... resnet152d)"
+        f"timm architecture {arch!r}: reslab does not build it yet (it needs {lacks}); reslab builds timm's "
+        "ResNets, ResNeXts and wide ResNets made of plain BasicBlock/Bottleneck blocks (resnet10t ... resnet200d, "
+        "the c/d/s/t stems; `reslab models` lists them)"
     )
+
+
+def _timm_hub_without_config(files: HubFiles, src: Source) -> None:
+    """A Hub snapshot with no config.json in the cache (timm.create_model(..., pretrained=True) caches only the
+    weights): the architecture from the repository's name, the preprocessing from timm's results table."""
+    name = files.repo_id.split("/")[1]
+    src.model_name, src.model_kwargs = timm_architecture(name)
+    entry = timm_hub_entry(files.repo_id)
+    if entry is not None:
+        src.preprocess = entry.preprocess
+        where = f"timm's results table ({entry.img_size}px, crop_pct {entry.crop_pct}, {entry.interpolation})"
+    else:
+        src.preprocess = TORCHVISION_V1
+        where = "torchvision's ImageNet preprocessing assumed"
+    src.classes = IMAGENET_CLASSES
+    src.notes.append(f"no config.json in the cache: architecture {src.model_name} from the repository's name; {where}")
 
 
 def _read_timm_config(path: Path, src: Source) -> None:
@@ -383,11 +411,13 @@ def load_pretrained(
     num_classes: int | None = None,
     source_format: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    allow_pickle: bool = False,
 ) -> Pretrained:
     """The model `model_name` (default: the one the source names) with the weights SRC holds, fitted to `in_chans`
     and `num_classes` (default: the weights' own). What `reslab.build_model(name, weights=SRC)`, `reslab convert`
-    and `reslab train --pretrained` use. ReslabError on anything that does not fit; nothing is loaded partly."""
-    loc = locate(src)
+    and `reslab train --pretrained` use. ReslabError on anything that does not fit; nothing is loaded partly.
+    `allow_pickle`: a Hub repository without model.safetensors may give its pickle file (see reslab.weights.hub)."""
+    loc = locate(src, allow_pickle=allow_pickle)
     source = read_source(loc, source_format)
     name = _model_name(model_name, source, src)
     kwargs = _architecture_kwargs(source, model_kwargs or {}, name)
@@ -427,6 +457,9 @@ def load_pretrained(
         "num_classes": src_classes,
     }
     what = loc.entry.id if loc.entry else loc.path.name
+    if loc.hub is not None:
+        info.update(_hub_provenance(loc.hub))
+        what = f"{loc.hub.name} (commit {loc.hub.commit or 'unknown'})"
     checked = ", SHA-256 verified" if loc.sha256 else ""
     lines = [f"{what}: {source.format} weights from {loc.path}{checked}", *notes, *report]
     return Pretrained(
@@ -439,6 +472,18 @@ def load_pretrained(
         source=info,
         report=lines,
     )
+
+
+def _hub_provenance(files: HubFiles) -> dict[str, Any]:
+    """The checkpoint's record of a Hub source: the repository, the revision asked for and the commit it was."""
+    entry = timm_hub_entry(files.repo_id)
+    return {
+        "id": files.name,
+        "hub": {"repo_id": files.repo_id, "revision": files.revision, "commit": files.commit},
+        "revision": files.commit,  # the resolved commit: what `hf-hub:REPO@<it>` gives again, whatever main becomes
+        "published_top1": entry.top1 if entry else None,
+        "dataset": "ImageNet-1k" if entry else None,
+    }
 
 
 def _model_name(model_name: str | None, source: Source, src) -> str:
@@ -498,12 +543,15 @@ def build_model(
     num_classes: int | None = None,
     source_format: str | None = None,
     verbose: bool = True,
+    allow_pickle: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
-    """A registered model, with pretrained weights when `weights` is given (a table name, a URL or a file).
+    """A registered model, with pretrained weights when `weights` is given (a table name, a Hub name, a URL or a
+    file).
 
         reslab.build_model("resnet50", weights="resnet50.tv2_in1k", num_classes=10)   # fine-tuning start
         reslab.build_model("resnet20", weights="resnet20-12fca82f.th")                 # akamaster's CIFAR model
+        reslab.build_model("resnet26d", weights="hf-hub:timm/resnet26d.bt_in1k")      # timm's, via the HF cache
 
     Without weights this is reslab.models.build_model. With them, in_chans and num_classes default to the weights'
     own; a different in_chans adapts the first convolution, a different num_classes re-initialises the classifier,
@@ -514,7 +562,13 @@ def build_model(
         overrides = {k: v for k, v in (("in_chans", in_chans), ("num_classes", num_classes)) if v is not None}
         return build_architecture(name, **overrides, **kwargs)
     pre = load_pretrained(
-        weights, name, in_chans=in_chans, num_classes=num_classes, source_format=source_format, model_kwargs=kwargs
+        weights,
+        name,
+        in_chans=in_chans,
+        num_classes=num_classes,
+        source_format=source_format,
+        model_kwargs=kwargs,
+        allow_pickle=allow_pickle,
     )
     if verbose:
         for line in pre.report:
@@ -537,6 +591,7 @@ def convert(
     num_classes: int | None = None,
     source_format: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    allow_pickle: bool = False,
 ) -> Pretrained:
     """Write SRC's weights as a weights-only reslab checkpoint at `output` (what `reslab convert` does)."""
     out = Path(output)
@@ -549,6 +604,7 @@ def convert(
         num_classes=num_classes,
         source_format=source_format,
         model_kwargs=model_kwargs,
+        allow_pickle=allow_pickle,
     )
     save_checkpoint(pre.checkpoint(), out)
     return pre
