@@ -448,4 +448,4 @@ def test_weights_lists_timms_hub_weights_and_what_is_cached(use_hub, tiny_resnet
 def test_without_huggingface_hub_the_error_says_what_to_install(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # `import huggingface_hub` fails, as when absent
     assert main(["convert", "hf-hub:timm/resnet50.a1_in1k", "-o", str(tmp_path / "x.pt")]) == 2
-    assert "need the huggingface_hub package: pip install 'reslab[hub]'" in capsys.readouterr().err
+    assert "need the huggingface_hub package: pip install -e '.[hub]'" in capsys.readouterr().err

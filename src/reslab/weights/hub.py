@@ -97,7 +97,7 @@ def _import_hub(src: str):
         import huggingface_hub.utils
     except ImportError:
         raise ReslabError(
-            f"{src}: Hub names need the huggingface_hub package: pip install 'reslab[hub]' (or pip install "
+            f"{src}: Hub names need the huggingface_hub package: pip install -e '.[hub]' in a clone (or pip install "
             "huggingface_hub); or pass the files' folder instead"
         ) from None
     return huggingface_hub
