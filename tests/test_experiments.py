@@ -11,6 +11,7 @@ from reslab.experiments import (
     Run,
     RunResult,
     degradation_verdict,
+    experiment_setup,
     format_table,
     parse_depths,
     shortcuts_verdict,
@@ -84,10 +85,10 @@ def _fake_results():
 def test_write_results_writes_figure_table_csv_json(tmp_path):
     from PIL import Image
 
-    from reslab.experiments import experiment_config
+    from reslab.config import make_config
 
     results = _fake_results()
-    write_results(results, tmp_path, config=experiment_config(epochs=3), title="test")
+    write_results(results, tmp_path, config=make_config("degradation", epochs=3), title="test")
     with Image.open(tmp_path / "figure.png") as im:
         assert im.width > 2 * im.height * 0.9  # two panels side by side
     rows = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
@@ -405,3 +406,43 @@ def test_networks_made_otherwise_are_used_as_they_are_or_refused_never_deleted(
     with pytest.raises(ReslabError, match="unfinished run made with other settings"):
         trained_networks(run, config=config, data=data, networks=tmp_path)
     assert (folder / "last.pt").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the studies' options: one place (reslab.config), shown by --help as the code has them
+
+
+@pytest.mark.parametrize("name", ["lesion", "landscape", "gradients"])
+def test_study_help_shows_the_options_defaults_from_the_code(name, capsys):
+    import dataclasses
+
+    from reslab.cli import main
+    from reslab.config import STUDY_OPTIONS
+
+    with pytest.raises(SystemExit):
+        main(["experiment", name, "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for f in dataclasses.fields(STUDY_OPTIONS[name]):
+        if not f.metadata["flag"] or isinstance(f.default, bool):
+            continue
+        shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f"{f.default:g}"
+        assert f"--{f.name.replace('_', '-')}" in out and f"(default {shown}" in out, f.name
+
+
+def test_study_options_default_quick_given_and_checked():
+    from reslab.config import study_options
+
+    assert study_options("lesion").test_size == 500 and study_options("lesion", quick=True).test_size == 64
+    assert study_options("lesion", quick=True, test_size=7).test_size == 7
+    assert study_options("gradients", depths=(20, 56)).depths == (20, 56)
+    with pytest.raises(ReslabError, match="--grid: expected at least 3, got 2"):
+        study_options("landscape", grid=2)
+
+
+def test_the_experiment_recipes_are_recipes():
+    from reslab.config import RECIPES, make_config
+
+    # one place for recipes: `reslab train --recipe degradation` trains what the experiment trains
+    config, _ = experiment_setup("degradation", dataset="synthetic")
+    assert config == make_config("degradation", dataset="synthetic")
+    assert RECIPES["shortcuts"] == {**RECIPES["degradation"], "epochs": RECIPES["shortcuts"]["epochs"]}

@@ -16,9 +16,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from reslab.config import TrainConfig
+from reslab.config import EXPERIMENT_DEPTHS, EXPERIMENT_OUTPUT, EXPERIMENT_QUICK, TrainConfig, make_config
 from reslab.data import Dataset, find_data_dir, load_dataset
 from reslab.errors import ReslabError
 from reslab.experiments.harness import Run, RunResult, compare, format_table
@@ -109,48 +109,10 @@ def shortcuts_verdict(final: dict[str, tuple[float, float]]) -> str:
 # the two experiments and their CLI
 
 
-def experiment_config(**overrides: Any) -> TrainConfig:
-    """The recipe both experiments train with: the paper's CIFAR one (section 4.2), shortened.
-
-    SGD with momentum 0.9 at lr 0.1 for 128 images, weight decay 1e-4, lr x0.1 at 50% and 75% of training, no
-    augmentation: the question is how well each network *optimises*, so nothing should hold the training error up.
-    The whole training set (no validation split): the test set only reports, nothing is chosen on it.
-    A linear warmup over half an epoch (235 steps), as the paper does for ResNet-110: without it ResNet-56 lost its
-    first epoch (measured on 10k images: 75.8% training error without, 53.1% with; ResNet-20 41.8%).
-    """
-    values = dict(
-        epochs=DEFAULT_EPOCHS["degradation"],
-        batch_size=128,
-        lr=0.1,
-        opt="sgd",
-        momentum=0.9,
-        weight_decay=1e-4,
-        sched="step",
-        warmup_epochs=0.5,
-        label_smoothing=0.0,
-        crop_padding=0,
-        hflip=False,
-        val_size=0,
-        amp="auto",
-        channels_last=True,
-        progress=True,
-    )
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig(**values)
-
-
-# measured on the 2-core Xeon with bf16 (README, Experiments): degradation 19.9 min, shortcuts 11.2 min
-DEFAULT_EPOCHS = {"degradation": 3, "shortcuts": 4}
-DEFAULT_DEPTHS = {"degradation": (20, 56), "shortcuts": (20,)}
-# 4 steps per network. One thread: batches this small gain little from a second one, and on a busy machine (CI
-# beside other jobs) OpenMP's spin-waiting made 2 threads 20x slower than 1 (measured: 4.4 vs 0.34 s per step)
-QUICK = dict(train_subset=256, test_size=256, epochs=1, batch_size=64, threads=1)
-
-
 def parse_depths(text: str | None, which: str, *, flag: str = "--depths") -> tuple[int, ...]:
     """`--depths 20,56` -> (20, 56), checked against the registry and the experiment (`flag` names it in errors)."""
     if text is None:
-        return DEFAULT_DEPTHS[which]
+        return EXPERIMENT_DEPTHS[which]
     try:
         depths = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
     except ValueError:
@@ -196,34 +158,7 @@ def shortcut_runs(depth: int) -> list[Run]:
 
 def default_output(which: str, quick: bool = False) -> Path:
     """runs/experiments/WHICH, or WHICH-quick: where an experiment writes by default."""
-    return Path("runs") / "experiments" / (which + ("-quick" if quick else ""))
-
-
-class StudySetup(NamedTuple):
-    output: Path  # where the study writes its figure, table and numbers
-    networks: Path  # the degradation experiment's folder, whose networks it studies
-    threads: int | None
-    config: TrainConfig  # the degradation recipe, which the networks were (or will be) trained with
-    data: Dataset
-
-
-def study_setup(
-    name: str,
-    *,
-    output: str | Path | None,
-    networks: str | Path | None,
-    seed: int,
-    data_dir: str | None,
-    quick: bool,
-    threads: int | None,
-) -> StudySetup:
-    """What lesion, landscape and gradients start from: their folders (runs/experiments/NAME and degradation, or
-    their -quick twins), the degradation recipe and data; one thread under --quick."""
-    if threads is None and quick:
-        threads = 1
-    config, data = experiment_setup("degradation", seed=seed, data_dir=data_dir, quick=quick, threads=threads)
-    output = Path(output or default_output(name, quick))
-    return StudySetup(output, Path(networks or default_output("degradation", quick)), threads, config, data)
+    return Path(EXPERIMENT_OUTPUT) / (which + ("-quick" if quick else ""))
 
 
 def experiment_setup(
@@ -236,10 +171,10 @@ def experiment_setup(
     dataset: str | None = None,
     threads: int | None = None,
 ) -> tuple[TrainConfig, Dataset]:
-    """(the recipe, the data) that `run_experiment(which, ...)` trains with: the one place that decides them, so
-    that the experiments that reuse its networks ask for exactly the runs it makes.
+    """(the recipe, the data) that `run_experiment(which, ...)` trains with: RECIPES[which] and the data, so that
+    the experiments that reuse its networks ask for exactly the runs it makes.
 
-    --quick: 256 training images, one epoch of 4 steps, the first 256 test images, one thread; and the synthetic
+    --quick: EXPERIMENT_QUICK's training images, epochs, batch, test images and threads; and the synthetic
     stand-in when Fashion-MNIST is not installed (a pipeline check must run in CI).
     """
     if epochs is not None and epochs < 1:
@@ -247,7 +182,7 @@ def experiment_setup(
     if threads is not None and threads < 1:
         raise ReslabError(f"--threads: expected a positive number of threads, got {threads}")
     overrides: dict[str, Any] = {
-        "epochs": epochs or DEFAULT_EPOCHS[which],
+        "epochs": epochs,
         "seed": seed,
         "data_dir": data_dir,
         "threads": threads,
@@ -260,13 +195,14 @@ def experiment_setup(
             dataset = "synthetic"
     data = load_dataset(dataset, data_dir)
     if quick:
-        overrides.update(train_subset=QUICK["train_subset"], batch_size=QUICK["batch_size"])
-        overrides["threads"] = threads or QUICK["threads"]
-        overrides["epochs"] = epochs or QUICK["epochs"]
+        q = EXPERIMENT_QUICK
+        overrides.update(train_subset=q["train_subset"], batch_size=q["batch_size"])
+        overrides["threads"] = threads or q["threads"]
+        overrides["epochs"] = epochs or q["epochs"]
         data = dataclasses.replace(
-            data, test_images=data.test_images[: QUICK["test_size"]], test_labels=data.test_labels[: QUICK["test_size"]]
+            data, test_images=data.test_images[: q["test_size"]], test_labels=data.test_labels[: q["test_size"]]
         )
-    return experiment_config(dataset=dataset, **overrides), data
+    return make_config(which, dataset=dataset, **overrides), data
 
 
 def run_experiment(
@@ -282,9 +218,9 @@ def run_experiment(
     threads: int | None = None,
 ) -> tuple[list[RunResult], str]:
     """Run 'degradation' or 'shortcuts', write its outputs, print and return (results, verdict text)."""
-    if which not in DEFAULT_DEPTHS:
-        raise ReslabError(f"experiment: expected one of {', '.join(DEFAULT_DEPTHS)}, got {which!r}")
-    depths = tuple(depths or DEFAULT_DEPTHS[which])
+    if which not in EXPERIMENT_DEPTHS:
+        raise ReslabError(f"experiment: expected one of {', '.join(EXPERIMENT_DEPTHS)}, got {which!r}")
+    depths = tuple(depths or EXPERIMENT_DEPTHS[which])
     # --quick writes beside, not over, a real run's outputs
     output = Path(output or default_output(which, quick))
     config, data = experiment_setup(

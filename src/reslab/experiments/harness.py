@@ -6,9 +6,10 @@ of final errors and the raw numbers. `reslab experiment degradation|shortcuts` a
 (reslab.experiments.degradation), and the networks the later experiments study come from it
 (reslab.experiments.networks).
 
-    from reslab.experiments import Run, compare, experiment_config
+    from reslab.config import make_config
+    from reslab.experiments import Run, compare
     runs = [Run("ResNet-20", "resnet20"), Run("ResNet-32", "resnet32")]
-    compare(runs, base_config=experiment_config(epochs=2), output="runs/experiments/depth")
+    compare(runs, base_config=make_config("degradation", epochs=2), output="runs/experiments/depth")
 """
 
 from __future__ import annotations
