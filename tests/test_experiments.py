@@ -440,9 +440,10 @@ def test_study_options_default_quick_given_and_checked():
 
 
 def test_the_experiment_recipes_are_recipes():
-    from reslab.config import RECIPES, make_config
+    from reslab.config import EXPERIMENT_RECIPES, make_config
 
-    # one place for recipes: `reslab train --recipe degradation` trains what the experiment trains
+    # one mechanism for recipes: make_config("degradation") is what the experiment trains
     config, _ = experiment_setup("degradation", dataset="synthetic")
     assert config == make_config("degradation", dataset="synthetic")
-    assert RECIPES["shortcuts"] == {**RECIPES["degradation"], "epochs": RECIPES["shortcuts"]["epochs"]}
+    shortcuts = EXPERIMENT_RECIPES["shortcuts"]
+    assert shortcuts == {**EXPERIMENT_RECIPES["degradation"], "epochs": shortcuts["epochs"]}

@@ -442,7 +442,7 @@ def _shown(value) -> str:
 
 def _add_experiment_common(e, name: str) -> None:
     """The flags every experiment has; the defaults shown are the code's (reslab.config)."""
-    from reslab.config import EXPERIMENT_DEPTHS, EXPERIMENT_OUTPUT, EXPERIMENT_QUICK, RECIPES, STUDY_OPTIONS
+    from reslab.config import EXPERIMENT_DEPTHS, EXPERIMENT_OUTPUT, EXPERIMENT_QUICK, EXPERIMENT_RECIPES, STUDY_OPTIONS
 
     q = EXPERIMENT_QUICK
     if name in STUDY_OPTIONS:
@@ -461,7 +461,7 @@ def _add_experiment_common(e, name: str) -> None:
             "--epochs",
             type=int,
             default=None,
-            help=f"epochs per network (default {RECIPES[name]['epochs']}; --quick {q['epochs']})",
+            help=f"epochs per network (default {EXPERIMENT_RECIPES[name]['epochs']}; --quick {q['epochs']})",
         )
         quick = f"{q['train_subset']} images, {q['epochs']} epoch{'s' if q['epochs'] != 1 else ''}"
     e.add_argument(

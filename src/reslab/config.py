@@ -232,10 +232,12 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 def make_config(recipe: str = "default", **overrides: Any) -> TrainConfig:
-    """A recipe's config with `overrides` applied (None values are ignored, like unset flags)."""
-    if recipe not in RECIPES:
+    """A recipe's config (RECIPES, or an experiment's: EXPERIMENT_RECIPES) with `overrides` applied (None values
+    are ignored, like unset flags)."""
+    recipes = RECIPES | EXPERIMENT_RECIPES
+    if recipe not in recipes:
         raise ReslabError(f"--recipe: expected one of {', '.join(sorted(RECIPES))}, got {recipe!r}")
-    values = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
+    values = {**recipes[recipe], **{k: v for k, v in overrides.items() if v is not None}}
     return TrainConfig(**values)
 
 
@@ -266,7 +268,10 @@ def _show(value: Any, none: str) -> str:
 # *optimises*, so nothing should hold the training error up. The whole training set (no validation split): the test
 # set only reports, nothing is chosen on it. A linear warmup over half an epoch, as the paper does for ResNet-110:
 # without it ResNet-56 lost its first epoch (README, Experiments). `shortcuts` is the same recipe one epoch longer.
-RECIPES["degradation"] = dict(
+# Recipes like RECIPES' (make_config takes their names), kept apart so that `reslab train --help` lists the
+# training recipes only.
+EXPERIMENT_RECIPES: dict[str, dict[str, Any]] = {}
+EXPERIMENT_RECIPES["degradation"] = dict(
     epochs=3,
     batch_size=128,
     lr=0.1,
@@ -282,7 +287,7 @@ RECIPES["degradation"] = dict(
     amp="auto",
     channels_last=True,
 )
-RECIPES["shortcuts"] = {**RECIPES["degradation"], "epochs": 4}
+EXPERIMENT_RECIPES["shortcuts"] = {**EXPERIMENT_RECIPES["degradation"], "epochs": 4}
 EXPERIMENT_DEPTHS = {"degradation": (20, 56), "shortcuts": (20,)}
 EXPERIMENT_OUTPUT = "runs/experiments"  # each experiment writes into EXPERIMENT_OUTPUT/NAME (NAME-quick for --quick)
 # --quick: 4 steps per network on 256 training images, the first 256 test images. One thread: batches this small
