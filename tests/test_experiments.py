@@ -50,6 +50,44 @@ def test_degradation_verdict_needs_two_depths():
         degradation_verdict({20: 0.1}, {20: 0.1})
 
 
+def test_a_single_run_verdict_says_it_is_a_single_run():
+    v = degradation_verdict({20: 0.08, 56: 0.12}, {20: 0.07, 56: 0.05})
+    assert v.resolved is None and "A single run (one seed)" in v.text and "--seeds N" in v.text
+
+
+# several seeds: a difference is called only beyond the noise (reslab.experiments.spread)
+CLEAR_PLAIN = {20: [0.070, 0.072, 0.071], 56: [0.090, 0.091, 0.089]}  # 2 points apart, 0.1 points of scatter
+
+
+def test_degradation_verdict_over_seeds_as_in_the_paper():
+    residual = {20: [0.060, 0.061, 0.059], 56: [0.050, 0.051, 0.052]}
+    v = degradation_verdict(CLEAR_PLAIN, residual)
+    assert v.plain_degrades and v.residual_improves and v.resolved
+    assert "7.10% ± 0.06 (SEM, 3 seeds)" in v.text and "resolved by 3 seeds" in v.text
+    assert "Verdict: as in the paper" in v.text and "beyond 2 standard errors" in v.text
+
+
+def test_degradation_verdict_over_seeds_not_resolved():
+    # plain-56 0.5 points above plain-20 on average, but each seed moves them by about a point
+    noisy = {20: [0.060, 0.080, 0.070], 56: [0.085, 0.065, 0.075]}
+    v = degradation_verdict(noisy, {20: [0.06, 0.061, 0.059], 56: [0.05, 0.051, 0.052]})
+    assert not v.plain_degrades and v.resolved is False
+    assert "not resolved: within the seeds' noise" in v.text and "3 seeds do not resolve it" in v.text
+    assert "Verdict: not resolved: 3 seeds do not tell plain-56's training error from plain-20's" in v.text
+    assert "seeds would at this spread" in v.text and "as in the paper" not in v.text
+
+
+def test_degradation_verdict_over_seeds_the_other_way():
+    # the deeper plain network clearly better, the deeper residual one clearly worse: both resolved, and said so
+    plain = {20: CLEAR_PLAIN[56], 56: CLEAR_PLAIN[20]}
+    v = degradation_verdict(plain, {20: [0.050, 0.051, 0.052], 56: [0.060, 0.061, 0.059]})
+    assert not v.plain_degrades and not v.residual_improves and v.resolved
+    assert "the deeper residual network trained worse" in v.text and "Verdict: no degradation" in v.text
+    # a residual difference within the noise counts as "at least as well"
+    within = degradation_verdict(CLEAR_PLAIN, {20: [0.05, 0.07, 0.06], 56: [0.065, 0.055, 0.06]})
+    assert within.plain_degrades and within.residual_improves and "at least as well within it" in within.text
+
+
 def test_shortcuts_verdict_orders_the_options():
     as_paper = shortcuts_verdict({"A": (0.05, 0.09), "B": (0.04, 0.085), "C": (0.03, 0.08)})
     assert "C 8.00% < B 8.50% < A 9.00%" in as_paper and "As in the paper" in as_paper

@@ -22,6 +22,7 @@ from reslab.config import EXPERIMENT_DEPTHS, EXPERIMENT_OUTPUT, EXPERIMENT_QUICK
 from reslab.data import Dataset, find_data_dir, load_dataset
 from reslab.errors import ReslabError
 from reslab.experiments.harness import Run, RunResult, compare, format_table
+from reslab.experiments.spread import Difference, Spread, Z
 from reslab.models import list_models
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -30,34 +31,73 @@ from reslab.models import list_models
 
 @dataclass(frozen=True)
 class Verdict:
-    plain_degrades: bool  # the deepest plain network has a higher training error than the shallowest
-    residual_improves: bool  # the deepest residual network's training error is no higher than the shallowest's
+    plain_degrades: bool  # the deepest plain network trains worse than the shallowest (several seeds: resolved so)
+    residual_improves: bool  # the deepest residual network trains no worse (several seeds: not resolved worse)
     text: str
+    resolved: bool | None = None  # several seeds: the plain networks' difference is beyond the noise; 1 seed: None
 
 
-def degradation_verdict(plain: dict[int, float], residual: dict[int, float]) -> Verdict:
-    """Compare the final training errors (fractions) of the shallowest and deepest network of each family.
+Errors = dict[int, float | Sequence[float]]  # depth -> final training error (a fraction), or one per seed
 
-    `plain` and `residual` map depth -> final training error. The paper's finding (CIFAR-10, Figure 6) is both:
-    the deeper plain network trains worse, the deeper residual network at least as well.
+
+def degradation_verdict(plain: Errors, residual: Errors) -> Verdict:
+    """Compare the final training errors of the shallowest and deepest network of each family.
+
+    `plain` and `residual` map depth -> final training error, or one per seed. The paper's finding (CIFAR-10,
+    Figure 6) is both: the deeper plain network trains worse, the deeper residual network at least as well. With
+    several seeds a difference is called only beyond the noise (reslab.experiments.spread: the difference of the
+    means against its standard error, stated in the text); with one, the verdict says it is a single run.
     """
     if len(plain) < 2 or len(residual) < 2:
         raise ValueError("degradation_verdict needs at least two depths of each family")
     lo, hi = min(plain), max(plain)
-    plain_gap = plain[hi] - plain[lo]
     rlo, rhi = min(residual), max(residual)
-    res_gap = residual[rhi] - residual[rlo]
-    plain_degrades = plain_gap > 0
-    residual_improves = res_gap <= 0
+    dp = Difference(Spread(plain[hi]), Spread(plain[lo]))
+    dr = Difference(Spread(residual[rhi]), Spread(residual[rlo]))
+    if dp.se is None or dr.se is None:
+        return _single_run_verdict(dp, dr, (lo, hi, rlo, rhi))
+    plain_degrades, residual_improves = dp.sign > 0, dr.sign <= 0
+    lines = [
+        f"plain-{hi} vs plain-{lo}: training error {dp.a.text()} vs {dp.b.text()} ({dp.criterion()}) -> "
+        + {1: "the deeper plain network trained worse: degradation.", -1: "the deeper plain network trained better.",
+           0: "not resolved: within the seeds' noise."}[dp.sign],
+        f"ResNet-{rhi} vs ResNet-{rlo}: training error {dr.a.text()} vs {dr.b.text()} ({dr.criterion()}) -> "
+        + {-1: "the deeper residual network trained better.", 1: "the deeper residual network trained worse.",
+           0: "no difference beyond the seeds' noise: at least as well within it."}[dr.sign],
+    ]  # fmt: skip
+    n = min(dp.a.n, dp.b.n)
+    if plain_degrades and residual_improves:
+        lines.append(
+            f"Verdict: as in the paper, depth hurts the plain networks and not the residual ones ({n} seeds; a "
+            f"difference is called beyond {Z:g} standard errors)."
+        )
+    elif dp.sign == 0:
+        needed = dp.seeds_needed
+        lines.append(
+            f"Verdict: not resolved: {n} seeds do not tell plain-{hi}'s training error from plain-{lo}'s"
+            + (f" (about {needed} seeds would at this spread)." if needed else ".")
+        )
+    elif plain_degrades:
+        lines.append("Verdict: the plain networks degrade, but the deeper residual network trained worse too.")
+    else:
+        lines.append(f"Verdict: no degradation: the deeper plain network trained better, resolved by {n} seeds.")
+    return Verdict(plain_degrades, residual_improves, "\n".join(lines), dp.resolved)
+
+
+def _single_run_verdict(dp: Difference, dr: Difference, depths: tuple[int, int, int, int]) -> Verdict:
+    """One seed: the sign of each difference as it fell, and the warning that seed noise is not measured."""
+    lo, hi, rlo, rhi = depths
+    plain_gap, res_gap = dp.diff, dr.diff
+    plain_degrades, residual_improves = plain_gap > 0, res_gap <= 0
 
     def pts(gap: float) -> str:
         return f"{abs(100 * gap):.2f} points {'higher' if gap > 0 else 'lower' if gap < 0 else 'equal'}"
 
     lines = [
-        f"plain-{hi} vs plain-{lo}: training error {100 * plain[hi]:.2f}% vs {100 * plain[lo]:.2f}% "
+        f"plain-{hi} vs plain-{lo}: training error {100 * dp.a.mean:.2f}% vs {100 * dp.b.mean:.2f}% "
         f"({pts(plain_gap)}) -> "
         + ("the deeper plain network trained worse: degradation." if plain_degrades else "no degradation here."),
-        f"ResNet-{rhi} vs ResNet-{rlo}: training error {100 * residual[rhi]:.2f}% vs {100 * residual[rlo]:.2f}% "
+        f"ResNet-{rhi} vs ResNet-{rlo}: training error {100 * dr.a.mean:.2f}% vs {100 * dr.b.mean:.2f}% "
         f"({pts(res_gap)}) -> "
         + (
             "the deeper residual network trained at least as well."
@@ -73,6 +113,10 @@ def degradation_verdict(plain: dict[int, float], residual: dict[int, float]) -> 
         lines.append("Verdict: no degradation of the plain networks in this run (try more epochs or depths).")
     else:
         lines.append("Verdict: neither family gained from depth in this run (try more epochs).")
+    lines.append(
+        "A single run (one seed): seed noise is not measured, so these signs may not hold on another seed; "
+        "--seeds N trains each network N times and calls a difference only beyond the noise."
+    )
     return Verdict(plain_degrades, residual_improves, "\n".join(lines))
 
 
