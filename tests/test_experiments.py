@@ -485,3 +485,37 @@ def test_the_experiment_recipes_are_recipes():
     assert config == make_config("degradation", dataset="synthetic")
     shortcuts = EXPERIMENT_RECIPES["shortcuts"]
     assert shortcuts == {**EXPERIMENT_RECIPES["degradation"], "epochs": shortcuts["epochs"]}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# several seeds (issue 23): per-seed values, mean ± spread, verdicts from the spread
+
+
+def test_shortcuts_verdict_over_seeds_calls_the_order_only_when_resolved():
+    clear = {"A": ([0.05] * 3, [0.090, 0.091, 0.089]), "B": ([0.04] * 3, [0.085, 0.086, 0.084])}
+    clear["C"] = ([0.03] * 3, [0.080, 0.081, 0.079])
+    v = shortcuts_verdict(clear)
+    assert "B vs C: difference +0.50 points" in v and "resolved by 3 seeds" in v and "As in the paper" in v
+    scatter = (0.01, -0.01, 0.0)
+    noisy = {k: (train, [t + d for t, d in zip(test, scatter, strict=True)]) for k, (train, test) in clear.items()}
+    v = shortcuts_verdict(noisy)
+    # the same means, but each seed scattered by a point: the order is not established
+    assert "C 8.00% < B 8.50% < A 9.00%" in v and "3 seeds do not resolve it" in v and "As in the paper" not in v
+
+
+def test_quick_shortcuts_over_two_seeds_from_the_cli(tmp_path, capsys, no_fashion_mnist):
+    from reslab.cli import main
+
+    assert main(["experiment", "shortcuts", "--quick", "--seeds", "2", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
+    assert sorted({(r["label"], r["seed"]) for r in rows}) == [(f"ResNet-20 {o}", s) for o in "ABC" for s in "01"]
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["seeds"] == [0, 1] and len(doc["runs"]) == 6
+    for spread in doc["spread"]:
+        values = [r["final_train_error"] for r in doc["runs"] if r["label"] == spread["label"]]
+        assert spread["final_train_error"]["values"] == values and spread["final_train_error"]["n"] == 2
+        assert spread["final_train_error"]["mean"] == pytest.approx(sum(values) / 2)
+    table = (tmp_path / "table.md").read_text()
+    assert "mean ± SEM" in table and table.count("| 2 |") == 3
+    assert "test error over seeds" in out and (tmp_path / "runs" / "resnet-20_a-seed1" / "last.pt").is_file()

@@ -464,6 +464,13 @@ def _add_experiment_common(e, name: str) -> None:
             help=f"epochs per network (default {EXPERIMENT_RECIPES[name]['epochs']}; --quick {q['epochs']})",
         )
         quick = f"{q['train_subset']} images, {q['epochs']} epoch{'s' if q['epochs'] != 1 else ''}"
+        e.add_argument(
+            "--seeds",
+            type=int,
+            default=1,
+            help="train each network with this many seeds (SEED, SEED+1, ...); tables give each seed's value and the "
+            "mean ± SEM, and the verdict calls a difference only beyond the seeds' noise (default %(default)s)",
+        )
     e.add_argument(
         "--output",
         default=None,
@@ -511,7 +518,8 @@ def _cmd_experiment(args) -> int:
 
     common = dict(data_dir=args.data_dir, seed=args.seed, quick=args.quick, threads=args.threads, output=args.output)
     if args.which not in STUDIES:
-        run_experiment(args.which, depths=parse_depths(args.depths, args.which), epochs=args.epochs, **common)
+        depths = parse_depths(args.depths, args.which)
+        run_experiment(args.which, depths=depths, epochs=args.epochs, seeds=args.seeds, **common)
         return 0
     options = {f.name: getattr(args, f.name) for f in _study_flags(args.which)}
     for key in ("depths", "trained_depths"):

@@ -21,7 +21,7 @@ from typing import Any
 from reslab.config import EXPERIMENT_DEPTHS, EXPERIMENT_OUTPUT, EXPERIMENT_QUICK, TrainConfig, make_config
 from reslab.data import Dataset, find_data_dir, load_dataset
 from reslab.errors import ReslabError
-from reslab.experiments.harness import Run, RunResult, compare, format_table
+from reslab.experiments.harness import Run, RunResult, by_label, compare, format_table
 from reslab.experiments.spread import Difference, Spread, Z
 from reslab.models import list_models
 
@@ -120,11 +120,16 @@ def _single_run_verdict(dp: Difference, dr: Difference, depths: tuple[int, int, 
     return Verdict(plain_degrades, residual_improves, "\n".join(lines))
 
 
-def shortcuts_verdict(final: dict[str, tuple[float, float]]) -> str:
-    """`final`: option ("A", "B", "C") -> (training error, test error). The paper (ImageNet, Table 3) finds
-    B slightly better than A and C marginally better than B: small differences, so projections are not essential."""
-    if not final:
+def shortcuts_verdict(errors: dict[str, tuple[float | Sequence[float], float | Sequence[float]]]) -> str:
+    """`errors`: option ("A", "B", "C") -> (training error, test error), each a number or one per seed. The paper
+    (ImageNet, Table 3) finds B slightly better than A and C marginally better than B: small differences, so
+    projections are not essential. Options are ranked by their means; over several seeds each step of the test
+    ranking is checked against the noise (reslab.experiments.spread), and the paper's order is called only if every
+    step is resolved."""
+    if not errors:
         raise ValueError("shortcuts_verdict needs at least one option")
+    spreads = {k: (Spread(train), Spread(test)) for k, (train, test) in errors.items()}
+    final = {k: (train.mean, test.mean) for k, (train, test) in spreads.items()}
     by_train = sorted(final, key=lambda k: final[k][0])
     by_test = sorted(final, key=lambda k: final[k][1])
     spread = max(v[1] for v in final.values()) - min(v[1] for v in final.values())
@@ -136,16 +141,28 @@ def shortcuts_verdict(final: dict[str, tuple[float, float]]) -> str:
             text += f" {'=' if same else '<'} {k} {100 * final[k][i]:.2f}%"
         return text
 
+    pairs = list(zip(by_test[:-1], by_test[1:], strict=True))
+    steps = [Difference(spreads[b][1], spreads[a][1]) for a, b in pairs]
+    several = min(s.n for _, s in spreads.values()) > 1
+    as_paper = by_test == sorted(final, reverse=True) and (not several or all(d.resolved for d in steps))
     lines = [
         "training error: " + ranking(by_train, 0),
         "test error:     " + ranking(by_test, 1),
         f"Test errors span {100 * spread:.2f} points. "
         + (
             "As in the paper (A > B > C in error), projections help a little."
-            if by_test == sorted(final, reverse=True)
+            if as_paper
             else "The paper's order (C best, then B, then A) does not show here; its differences were small too."
         ),
     ]
+    if several:
+        lines.insert(
+            2,
+            "test error over seeds: "
+            + "; ".join(f"{b} vs {a}: {d.criterion()}" for (a, b), d in zip(pairs, steps, strict=True)),
+        )
+    else:
+        lines.append("A single run (one seed): --seeds N tells these differences from seed noise.")
     return "\n".join(lines)
 
 
@@ -249,6 +266,22 @@ def experiment_setup(
     return make_config(which, dataset=dataset, **overrides), data
 
 
+def _verdict(which: str, results: Sequence[RunResult]) -> str:
+    """The experiment's verdict from each network's final errors, one per seed."""
+    groups = by_label(results)
+    if which == "degradation":
+        errors: dict[str, dict[int, list[float]]] = {"plain": {}, "residual": {}}
+        for rs in groups.values():
+            errors[rs[0].run.family][rs[0].run.depth] = [r.final_train_error for r in rs]
+        return degradation_verdict(errors["plain"], errors["residual"]).text
+    return shortcuts_verdict(
+        {
+            rs[0].run.model_kwargs["shortcut"]: ([r.final_train_error for r in rs], [r.final_test_error for r in rs])
+            for rs in groups.values()
+        }
+    )
+
+
 def run_experiment(
     which: str,
     *,
@@ -260,8 +293,14 @@ def run_experiment(
     quick: bool = False,
     dataset: str | None = None,
     threads: int | None = None,
+    seeds: int = 1,
 ) -> tuple[list[RunResult], str]:
-    """Run 'degradation' or 'shortcuts', write its outputs, print and return (results, verdict text)."""
+    """Run 'degradation' or 'shortcuts', write its outputs, print and return (results, verdict text).
+
+    seeds: each network is trained with seeds seed, seed + 1, ..., and the verdict is computed from their spread.
+    """
+    if seeds < 1:
+        raise ReslabError(f"--seeds: expected a positive number of seeds, got {seeds}")
     if which not in EXPERIMENT_DEPTHS:
         raise ReslabError(f"experiment: expected one of {', '.join(EXPERIMENT_DEPTHS)}, got {which!r}")
     depths = tuple(depths or EXPERIMENT_DEPTHS[which])
@@ -281,17 +320,10 @@ def run_experiment(
         title += " (--quick: a pipeline check, not the finding)"
 
     t0 = time.perf_counter()
-    results = compare(runs, base_config=config, output=output, data=data, title=title)
+    seed_list = range(seed, seed + seeds)
+    results = compare(runs, base_config=config, output=output, data=data, title=title, seeds=seed_list)
     elapsed = time.perf_counter() - t0
-
-    if which == "degradation":
-        plain = {r.run.depth: r.final_train_error for r in results if r.run.family == "plain"}
-        residual = {r.run.depth: r.final_train_error for r in results if r.run.family == "residual"}
-        verdict = degradation_verdict(plain, residual).text
-    else:
-        verdict = shortcuts_verdict(
-            {r.run.model_kwargs["shortcut"]: (r.final_train_error, r.final_test_error) for r in results}
-        )
+    verdict = _verdict(which, results)
     if quick:
         verdict += "\n(--quick: too little training for the verdict to mean anything)"
     (output / "verdict.txt").write_text(verdict + "\n")
