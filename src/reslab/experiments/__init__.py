@@ -38,6 +38,7 @@ from reslab.experiments.harness import (
 from reslab.experiments.landscape import LandscapeStudy, LandscapeVerdict, landscape_verdict, run_landscape
 from reslab.experiments.lesion import LesionStudy, LesionVerdict, lesion_verdict, run_lesion
 from reslab.experiments.networks import Network, initial_network, trained_networks
+from reslab.experiments.spread import Difference, Spread
 from reslab.experiments.study import Measured, Study, StudyRun, run_study
 
 STUDIES = {"lesion": run_lesion, "landscape": run_landscape, "gradients": run_gradients}  # name -> run_NAME
@@ -50,10 +51,12 @@ __all__ = [
     "LandscapeVerdict",
     "LesionStudy",
     "LesionVerdict",
+    "Difference",
     "Measured",
     "Network",
     "Run",
     "RunResult",
+    "Spread",
     "Study",
     "StudyRun",
     "Verdict",
