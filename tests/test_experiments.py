@@ -519,3 +519,25 @@ def test_quick_shortcuts_over_two_seeds_from_the_cli(tmp_path, capsys, no_fashio
     table = (tmp_path / "table.md").read_text()
     assert "mean ± SEM" in table and table.count("| 2 |") == 3
     assert "test error over seeds" in out and (tmp_path / "runs" / "resnet-20_a-seed1" / "last.pt").is_file()
+
+
+def test_quick_lesion_over_two_seeds_from_the_cli(tmp_path, capsys, no_fashion_mnist):
+    from reslab.cli import main
+
+    networks, output = tmp_path / "degradation", tmp_path / "lesion"
+    args = ["experiment", "lesion", "--quick", "--seeds", "2", "--networks", str(networks), "--output", str(output)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    # each seed's networks trained once, in their own folders, and each seed's study beside the summary
+    assert {p.parent.name for p in networks.glob("runs/*/last.pt")} == {
+        "plain-20", "resnet-20", "plain-20-seed1", "resnet-20-seed1"
+    }  # fmt: skip
+    for seed in (0, 1):
+        assert json.loads((output / f"seed-{seed}" / "results.json").read_text())["networks"][0]["seed"] == seed
+    doc = _outputs(output)
+    assert doc["seeds"] == [0, 1] and "Over 2 seeds (0, 1)" in doc["verdict"] and "on all 2 seeds" in out
+    intact = doc["spread"]["ResNet-20"]["intact test error"]
+    per_seed = [json.loads((output / f"seed-{s}" / "results.json").read_text()) for s in (0, 1)]
+    assert intact["values"] == [d["summaries"]["ResNet-20"]["baseline"] for d in per_seed] and intact["n"] == 2
+    rows = list(csv.DictReader((output / "results.csv").read_text().splitlines()))
+    assert {r["seed"] for r in rows} == {"0", "1"} and "mean ± SEM" in (output / "table.md").read_text()

@@ -44,3 +44,32 @@ def test_a_single_run_resolves_nothing_and_says_it_is_a_single_run():
     d = Difference(Spread(0.0653), Spread(0.0713))
     assert d.se is None and not d.resolved and d.sign == 0 and d.seeds_needed is None
     assert "a single run" in d.criterion()
+
+
+def test_a_claim_over_seeds_is_called_only_when_every_seed_agrees():
+    from reslab.experiments.seeds import agreement
+
+    findings = [
+        {"plain explodes": True, "plain shatters": True, "plain sharper": False},
+        {"plain explodes": True, "plain shatters": False, "plain sharper": False},
+        {"plain explodes": True, "plain shatters": True, "plain sharper": False},
+    ]
+    text = agreement(findings, [0, 1, 2], name="gradients")
+    assert "plain explodes: yes, on all 3 seeds." in text and "plain sharper: no, on all 3 seeds." in text
+    assert "plain shatters: not resolved: yes on 2 of 3 seeds." in text
+    assert "the seeds do not settle every claim" in text and "holding: plain explodes." in text
+    settled = agreement(findings[:1] * 2, [0, 1], name="gradients")
+    assert "every claim is settled" in settled
+
+
+def test_spreads_of_hand_made_numbers_and_their_table():
+    from reslab.experiments.seeds import spread_rows, spread_table, spreads
+
+    per_seed = [{"ResNet-20": {"error": 0.10, "rise": None}}, {"ResNet-20": {"error": 0.14, "rise": 0.5}}]
+    table = spreads(per_seed)
+    assert table["ResNet-20"]["error"].values == (0.10, 0.14) and table["ResNet-20"]["rise"] is None
+    assert "| ResNet-20 | error | 0.12 ± 0.02 | 0.028 | 0.1, 0.14 |" in spread_table(table)
+    rows = spread_rows(per_seed, [0, 1])
+    assert {(r["seed"], r["quantity"], r["value"]) for r in rows} == {
+        (0, "error", 0.10), (0, "rise", None), (1, "error", 0.14), (1, "rise", 0.5)
+    }  # fmt: skip

@@ -464,13 +464,7 @@ def _add_experiment_common(e, name: str) -> None:
             help=f"epochs per network (default {EXPERIMENT_RECIPES[name]['epochs']}; --quick {q['epochs']})",
         )
         quick = f"{q['train_subset']} images, {q['epochs']} epoch{'s' if q['epochs'] != 1 else ''}"
-        e.add_argument(
-            "--seeds",
-            type=int,
-            default=1,
-            help="train each network with this many seeds (SEED, SEED+1, ...); tables give each seed's value and the "
-            "mean ± SEM, and the verdict calls a difference only beyond the seeds' noise (default %(default)s)",
-        )
+
     e.add_argument(
         "--output",
         default=None,
@@ -478,6 +472,13 @@ def _add_experiment_common(e, name: str) -> None:
     )
     e.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
     e.add_argument("--seed", type=int, default=0, help="the seed of the networks and the draws (default %(default)s)")
+    e.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="networks of this many seeds (SEED, SEED+1, ...), each trained once and measured; outputs give each "
+        "seed's value and the mean ± SEM, and the verdict calls only what the seeds resolve (default %(default)s)",
+    )
     e.add_argument(
         "--threads", type=int, default=None, help=f"CPU threads (default: torch's choice; --quick {q['threads']})"
     )
@@ -525,7 +526,7 @@ def _cmd_experiment(args) -> int:
     for key in ("depths", "trained_depths"):
         if options.get(key) is not None:
             options[key] = parse_depths(options[key], args.which, flag="--" + key.replace("_", "-"))
-    STUDIES[args.which](StudyRun(networks=args.networks, **common), **options)
+    STUDIES[args.which](StudyRun(networks=args.networks, seeds=args.seeds, **common), **options)
     return 0
 
 

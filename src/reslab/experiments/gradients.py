@@ -350,6 +350,17 @@ class GradientsStudy(Study):
             "results": _results(measured),
         }
 
+    def numbers(self, measured: list[Measured]) -> dict[str, dict[str, float | None]]:
+        keys = ("first_over_last", "growth_towards_input", "correlation_lag1")
+        return {f"{r['label']} ({r['state']})": {k: r[k] for k in keys} for r in _results(measured)}
+
+    def findings(self, measured: list[Measured], inputs: GradientsInputs) -> dict[str, bool | None]:
+        v = gradients_verdict(_results(measured))
+        return {
+            "plain gradients explode towards the input at initialisation": v.explodes_at_init,
+            "plain gradients shatter at initialisation": v.shatters_at_init,
+        }
+
 
 LAYER_COLUMNS = [
     "network",

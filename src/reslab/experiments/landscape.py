@@ -290,6 +290,25 @@ class LandscapeStudy(Study):
             "train_indices": inputs.index,
         }
 
+    def numbers(self, measured: list[Measured]) -> dict[str, dict[str, float | None]]:
+        return {
+            label: {
+                "loss at the minimum": s["2d"]["loss_center"],
+                f"loss rise at r={RADIUS:g}, 2-D": s["2d"]["loss_rise"],
+                f"loss rise at r={RADIUS:g}, 1-D": s["1d"]["loss_rise"],
+                "non-convex share of the grid": s["2d"]["nonconvex_fraction"],
+            }
+            for label, s in _summaries(measured).items()
+        }
+
+    def findings(self, measured: list[Measured], inputs: LandscapeInputs) -> dict[str, bool | None]:
+        v = landscape_verdict(_summaries(measured), depths=self.options.depths, radius=RADIUS)
+        out: dict[str, bool | None] = {}
+        for d in self.options.depths:
+            out[f"plain-{d}'s minimum is sharper than ResNet-{d}'s"] = v.plain_sharper[d]
+            out[f"plain-{d}'s slice is less convex than ResNet-{d}'s"] = v.plain_less_convex[d]
+        return out
+
 
 def _summaries(measured: list[Measured]) -> dict[str, dict[str, Any]]:
     return {m.net.label: m.value["summary"] for m in measured}

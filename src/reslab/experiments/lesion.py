@@ -299,6 +299,25 @@ class LesionStudy(Study):
             "test_indices": inputs.index,
         }
 
+    def numbers(self, measured: list[Measured]) -> dict[str, dict[str, float | None]]:
+        out = {}
+        for label, s in _summaries(measured).items():
+            kmax = max(s["random_mean"]) if s["random_mean"] else None
+            out[label] = {
+                "intact test error": s["baseline"],
+                "one block deleted (median)": s["single_median"],
+                f"{kmax} random blocks deleted": None if kmax is None else s["random_mean"][kmax],
+            }
+        return out
+
+    def findings(self, measured: list[Measured], inputs: LesionInputs) -> dict[str, bool | None]:
+        summaries, out = _summaries(measured), {}
+        for d in self.options.depths:
+            v = lesion_verdict(summaries[f"ResNet-{d}"], summaries[f"plain-{d}"], chance=inputs.chance, depth=d)
+            out[f"ResNet-{d} shrugs off one deleted block"] = v.residual_robust
+            out[f"plain-{d} collapses without one block"] = v.plain_collapses
+        return out
+
 
 def _summaries(measured: list[Measured]) -> dict[str, dict[str, Any]]:
     return {m.net.label: summarize_lesions(m.value) | harmful_blocks(m.value) for m in measured}

@@ -12,6 +12,7 @@ results.csv (and any other CSV the study has), results.json and verdict.txt, wit
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,11 @@ from typing import Any, NamedTuple
 
 from reslab.config import TrainConfig
 from reslab.data import Dataset
+from reslab.errors import ReslabError
 from reslab.experiments.degradation import default_output, degradation_runs, experiment_setup
 from reslab.experiments.harness import machine_info, write_csv, write_study
 from reslab.experiments.networks import Network, torch_threads, trained_networks
+from reslab.experiments.seeds import agreement, plot_spreads, spread_rows, spread_table, spreads
 
 QUICK_NOTE = "(--quick: networks trained for 4 steps on a tiny subset; a pipeline check, not the finding)"
 
@@ -36,6 +39,7 @@ class StudyRun:
     seed: int = 0  # the networks' seed and that of the study's draws (images, directions, deleted blocks)
     quick: bool = False  # a pipeline check: the -quick folders, tiny networks and sizes, one thread
     threads: int | None = None
+    seeds: int = 1  # networks of seeds seed, seed + 1, ...: each measured, the verdict from their agreement
 
 
 class StudySetup(NamedTuple):
@@ -126,10 +130,30 @@ class Study:
         """results.json's own keys of the study, between "time_s" and "verdict" ("networks" and the numbers)."""
         raise NotImplementedError
 
+    def numbers(self, measured: list[Measured]) -> dict[str, dict[str, float | None]]:
+        """label -> {quantity: value}: the study's headline numbers, whose spread over seeds is reported."""
+        raise NotImplementedError
+
+    def findings(self, measured: list[Measured], inputs: Any) -> dict[str, bool | None]:
+        """The verdict's claims, each true or false (None: not tested): over seeds, a claim is called only when
+        every seed agrees."""
+        raise NotImplementedError
+
 
 def run_study(study: Study, run: StudyRun) -> tuple[dict[str, Any], str]:
     """Measure every network of `study`, write its outputs into its folder, print and return (results.json's doc,
-    the verdict)."""
+    the verdict). With several seeds: each seed's study in seed-<N>/, and their spread and agreement
+    (reslab.experiments.seeds) in the folder itself."""
+    if run.seeds < 1:
+        raise ReslabError(f"--seeds: expected a positive number of seeds, got {run.seeds}")
+    if run.seeds > 1:
+        return run_over_seeds(study, run)
+    doc, verdict, _, _ = run_once(study, run)
+    return doc, verdict
+
+
+def run_once(study: Study, run: StudyRun) -> tuple[dict[str, Any], str, list[Measured], Any]:
+    """One seed's study, its outputs written: (results.json's doc, the verdict, the measurements, the inputs)."""
     t_start = time.perf_counter()
     setup = study_setup(study.name, run)
     inputs = study.prepare(setup)
@@ -156,6 +180,43 @@ def run_study(study: Study, run: StudyRun) -> tuple[dict[str, Any], str]:
         "verdict": verdict,
     }
     write_study(output, study.what, table=study.table(measured), doc=doc, verdict=verdict, elapsed=elapsed)
+    return doc, verdict, measured, inputs
+
+
+def run_over_seeds(study: Study, run: StudyRun) -> tuple[dict[str, Any], str]:
+    """The study once per seed (each in seed-<N>/ of its folder), then the spread of its headline numbers and the
+    agreement of its claims over the seeds in the folder itself: figure.png, table.md, results.csv, results.json and
+    verdict.txt."""
+    t_start = time.perf_counter()
+    output = Path(run.output or default_output(study.name, run.quick))
+    seeds = list(range(run.seed, run.seed + run.seeds))
+    numbers, findings, verdicts, machines = [], [], [], []
+    for i, seed in enumerate(seeds):
+        print(f"\n=== seed {seed} ({i + 1} of {len(seeds)})", flush=True)
+        one = dataclasses.replace(run, seed=seed, seeds=1, output=output / f"seed-{seed}")
+        doc, verdict, measured, inputs = run_once(study, one)
+        machines.append(doc["machine"])
+        numbers.append(study.numbers(measured))
+        findings.append(study.findings(measured, inputs))
+        verdicts.append(verdict)
+    table = spreads(numbers)
+    verdict = agreement(findings, seeds, name=study.name) + (f"\n{study.quick_note}" if run.quick else "")
+    output.mkdir(parents=True, exist_ok=True)
+    plot_spreads(table, output / "figure.png", title=f"{study.name}: {len(seeds)} seeds")
+    write_csv(output / "results.csv", spread_rows(numbers, seeds), ["network", "quantity", "seed", "value"])
+    elapsed = time.perf_counter() - t_start
+    doc = {
+        "experiment": study.name,
+        "seeds": seeds,
+        "per_seed_folders": [f"seed-{seed}" for seed in seeds],
+        "machine": machines[0],  # as the seeds' studies measured it (their threads)
+        "time_s": elapsed,
+        "spread": {label: {q: s and s.describe() for q, s in qs.items()} for label, qs in table.items()},
+        "findings": dict(zip(map(str, seeds), findings, strict=True)),
+        "per_seed_verdicts": dict(zip(map(str, seeds), verdicts, strict=True)),
+        "verdict": verdict,
+    }
+    write_study(output, study.what, table=spread_table(table), doc=doc, verdict=verdict, elapsed=elapsed)
     return doc, verdict
 
 
