@@ -61,3 +61,39 @@ def serve():
     yield start
     for s in servers:
         s.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the tiny training every test of fit uses
+
+
+class TinyRun:
+    """`tiny(folder, **overrides)` -> the TrainConfig of a tiny run in folder/run (or folder/NAME): resnet20 at widths
+    8/16/32 on 8x8 synthetic images (`tiny.data`, 512 training images: 16 steps per epoch), one thread. A step takes
+    milliseconds, yet it learns the synthetic classes. `tiny.settings` are its flags, for a run in a subprocess."""
+
+    settings = dict(
+        model="resnet20",
+        model_kwargs={"widths": [8, 16, 32]},
+        batch_size=32,
+        lr=0.2,
+        val_size=128,
+        threads=1,
+        progress=False,
+    )
+
+    @functools.cached_property
+    def data(self):
+        from reslab.data import synthetic_dataset
+
+        return synthetic_dataset(num_train=640, num_test=200, image_size=8)
+
+    def __call__(self, folder, **overrides):
+        from reslab.config import make_config
+
+        return make_config(**{**self.settings, "output": str(folder), "name": "run", **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny() -> TinyRun:
+    return TinyRun()

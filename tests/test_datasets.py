@@ -647,13 +647,26 @@ def test_colour_augmentation_is_a_function_of_seed_epoch_step_rank():
     assert padded[0][0].shape == (8, 3, 12, 12)
 
 
+def _crop_flip_by_hand(image, top, left, flip, padding):
+    """One (C, H, W) image: pasted into a zero canvas `padding` pixels larger on every side, the (H, W) window at
+    (top, left) cut out of it, its columns reversed where `flip`: the padded random crop, written out."""
+    c, h, w = image.shape
+    canvas = torch.zeros(c, h + 2 * padding, w + 2 * padding, dtype=image.dtype)
+    canvas[:, padding : padding + h, padding : padding + w] = image
+    window = canvas[:, top : top + h, left : left + w]
+    return window[:, :, list(range(w - 1, -1, -1))] if flip else window
+
+
 def test_crop_flip_moves_all_channels_together():
-    x = torch.randint(0, 256, (4, 3, 6, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    x = torch.randint(1, 256, (4, 3, 6, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     top, left = torch.tensor([0, 1, 2, 3]), torch.tensor([3, 0, 2, 1])
     flip = torch.tensor([True, False, True, False])
     out = crop_flip(x, top, left, flip, padding=2)
-    for c in range(3):
-        assert torch.equal(out[:, c], crop_flip(x[:, c], top, left, flip, padding=2))
+    for i in range(len(x)):
+        expected = _crop_flip_by_hand(x[i], int(top[i]), int(left[i]), bool(flip[i]), 2)
+        assert torch.equal(out[i], expected), i
+        # every channel of an image got the same crop: its zero border is in the same place in each
+        assert ((out[i] == 0) == (out[i, :1] == 0)).all()
 
 
 def test_per_channel_normalisation_and_centre_crop():

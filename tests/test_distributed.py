@@ -8,6 +8,7 @@ finish.
 import csv
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -107,6 +108,19 @@ def test_the_restarted_run_ends_bitwise_equal_to_an_uninterrupted_one(restarted_
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+def wait_for_listener(port: int, process: subprocess.Popen, *, timeout: float = 120) -> None:
+    """Return once something accepts TCP connections on 127.0.0.1:`port`; fail if `process` ends first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert process.poll() is None, process.communicate()[0][-2000:]
+            assert time.monotonic() < deadline, f"nothing listened on port {port} within {timeout} s"
+            time.sleep(0.05)
+
+
 def test_two_nodes_meet_at_a_rendezvous_endpoint_and_train_one_model(tmp_path, unused_port):
     # two torchrun agents, one process each, as two machines would run them: --nnodes 2 and a c10d rendezvous
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -114,8 +128,13 @@ def test_two_nodes_meet_at_a_rendezvous_endpoint_and_train_one_model(tmp_path, u
     cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{unused_port}", "--rdzv-id", "twonodes"]
     cmd += ["-m", "reslab", "train", *ARGS.split(), "--epochs", "1", "--output", str(tmp_path)]
     nodes = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
-    time.sleep(1)  # the first agent hosts the rendezvous store
-    nodes.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        # the first agent hosts the rendezvous store: the second starts once the store accepts connections
+        wait_for_listener(unused_port, nodes[0])
+        nodes.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    except BaseException:
+        nodes[0].kill()
+        raise
     try:
         logs = [node.communicate(timeout=180)[0] for node in nodes]
     finally:

@@ -11,6 +11,7 @@ from reslab.experiments import (
     Run,
     RunResult,
     degradation_verdict,
+    experiment_setup,
     format_table,
     parse_depths,
     shortcuts_verdict,
@@ -49,6 +50,44 @@ def test_degradation_verdict_needs_two_depths():
         degradation_verdict({20: 0.1}, {20: 0.1})
 
 
+def test_a_single_run_verdict_says_it_is_a_single_run():
+    v = degradation_verdict({20: 0.08, 56: 0.12}, {20: 0.07, 56: 0.05})
+    assert v.resolved is None and "A single run (one seed)" in v.text and "--seeds N" in v.text
+
+
+# several seeds: a difference is called only beyond the noise (reslab.experiments.spread)
+CLEAR_PLAIN = {20: [0.070, 0.072, 0.071], 56: [0.090, 0.091, 0.089]}  # 2 points apart, 0.1 points of scatter
+
+
+def test_degradation_verdict_over_seeds_as_in_the_paper():
+    residual = {20: [0.060, 0.061, 0.059], 56: [0.050, 0.051, 0.052]}
+    v = degradation_verdict(CLEAR_PLAIN, residual)
+    assert v.plain_degrades and v.residual_improves and v.resolved
+    assert "7.10% ± 0.06 (SEM, 3 seeds)" in v.text and "resolved by 3 seeds" in v.text
+    assert "Verdict: as in the paper" in v.text and "beyond 2 standard errors" in v.text
+
+
+def test_degradation_verdict_over_seeds_not_resolved():
+    # plain-56 0.5 points above plain-20 on average, but each seed moves them by about a point
+    noisy = {20: [0.060, 0.080, 0.070], 56: [0.085, 0.065, 0.075]}
+    v = degradation_verdict(noisy, {20: [0.06, 0.061, 0.059], 56: [0.05, 0.051, 0.052]})
+    assert not v.plain_degrades and v.resolved is False
+    assert "not resolved: within the seeds' noise" in v.text and "3 seeds do not resolve it" in v.text
+    assert "Verdict: not resolved: 3 seeds do not tell plain-56's training error from plain-20's" in v.text
+    assert "seeds would at this spread" in v.text and "as in the paper" not in v.text
+
+
+def test_degradation_verdict_over_seeds_the_other_way():
+    # the deeper plain network clearly better, the deeper residual one clearly worse: both resolved, and said so
+    plain = {20: CLEAR_PLAIN[56], 56: CLEAR_PLAIN[20]}
+    v = degradation_verdict(plain, {20: [0.050, 0.051, 0.052], 56: [0.060, 0.061, 0.059]})
+    assert not v.plain_degrades and not v.residual_improves and v.resolved
+    assert "the deeper residual network trained worse" in v.text and "Verdict: no degradation" in v.text
+    # a residual difference within the noise counts as "at least as well"
+    within = degradation_verdict(CLEAR_PLAIN, {20: [0.05, 0.07, 0.06], 56: [0.065, 0.055, 0.06]})
+    assert within.plain_degrades and within.residual_improves and "at least as well within it" in within.text
+
+
 def test_shortcuts_verdict_orders_the_options():
     as_paper = shortcuts_verdict({"A": (0.05, 0.09), "B": (0.04, 0.085), "C": (0.03, 0.08)})
     assert "C 8.00% < B 8.50% < A 9.00%" in as_paper and "As in the paper" in as_paper
@@ -84,10 +123,10 @@ def _fake_results():
 def test_write_results_writes_figure_table_csv_json(tmp_path):
     from PIL import Image
 
-    from reslab.experiments import experiment_config
+    from reslab.config import make_config
 
     results = _fake_results()
-    write_results(results, tmp_path, config=experiment_config(epochs=3), title="test")
+    write_results(results, tmp_path, config=make_config("degradation", epochs=3), title="test")
     with Image.open(tmp_path / "figure.png") as im:
         assert im.width > 2 * im.height * 0.9  # two panels side by side
     rows = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
@@ -405,3 +444,100 @@ def test_networks_made_otherwise_are_used_as_they_are_or_refused_never_deleted(
     with pytest.raises(ReslabError, match="unfinished run made with other settings"):
         trained_networks(run, config=config, data=data, networks=tmp_path)
     assert (folder / "last.pt").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the studies' options: one place (reslab.config), shown by --help as the code has them
+
+
+@pytest.mark.parametrize("name", ["lesion", "landscape", "gradients"])
+def test_study_help_shows_the_options_defaults_from_the_code(name, capsys):
+    import dataclasses
+
+    from reslab.cli import main
+    from reslab.config import STUDY_OPTIONS
+
+    with pytest.raises(SystemExit):
+        main(["experiment", name, "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for f in dataclasses.fields(STUDY_OPTIONS[name]):
+        if not f.metadata["flag"] or isinstance(f.default, bool):
+            continue
+        shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f"{f.default:g}"
+        assert f"--{f.name.replace('_', '-')}" in out and f"(default {shown}" in out, f.name
+
+
+def test_study_options_default_quick_given_and_checked():
+    from reslab.config import study_options
+
+    assert study_options("lesion").test_size == 500 and study_options("lesion", quick=True).test_size == 64
+    assert study_options("lesion", quick=True, test_size=7).test_size == 7
+    assert study_options("gradients", depths=(20, 56)).depths == (20, 56)
+    with pytest.raises(ReslabError, match="--grid: expected at least 3, got 2"):
+        study_options("landscape", grid=2)
+
+
+def test_the_experiment_recipes_are_recipes():
+    from reslab.config import EXPERIMENT_RECIPES, make_config
+
+    # one mechanism for recipes: make_config("degradation") is what the experiment trains
+    config, _ = experiment_setup("degradation", dataset="synthetic")
+    assert config == make_config("degradation", dataset="synthetic")
+    shortcuts = EXPERIMENT_RECIPES["shortcuts"]
+    assert shortcuts == {**EXPERIMENT_RECIPES["degradation"], "epochs": shortcuts["epochs"]}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# several seeds (issue 23): per-seed values, mean ± spread, verdicts from the spread
+
+
+def test_shortcuts_verdict_over_seeds_calls_the_order_only_when_resolved():
+    clear = {"A": ([0.05] * 3, [0.090, 0.091, 0.089]), "B": ([0.04] * 3, [0.085, 0.086, 0.084])}
+    clear["C"] = ([0.03] * 3, [0.080, 0.081, 0.079])
+    v = shortcuts_verdict(clear)
+    assert "B vs C: difference +0.50 points" in v and "resolved by 3 seeds" in v and "As in the paper" in v
+    scatter = (0.01, -0.01, 0.0)
+    noisy = {k: (train, [t + d for t, d in zip(test, scatter, strict=True)]) for k, (train, test) in clear.items()}
+    v = shortcuts_verdict(noisy)
+    # the same means, but each seed scattered by a point: the order is not established
+    assert "C 8.00% < B 8.50% < A 9.00%" in v and "3 seeds do not resolve it" in v and "As in the paper" not in v
+
+
+def test_quick_shortcuts_over_two_seeds_from_the_cli(tmp_path, capsys, no_fashion_mnist):
+    from reslab.cli import main
+
+    assert main(["experiment", "shortcuts", "--quick", "--seeds", "2", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
+    assert sorted({(r["label"], r["seed"]) for r in rows}) == [(f"ResNet-20 {o}", s) for o in "ABC" for s in "01"]
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["seeds"] == [0, 1] and len(doc["runs"]) == 6
+    for spread in doc["spread"]:
+        values = [r["final_train_error"] for r in doc["runs"] if r["label"] == spread["label"]]
+        assert spread["final_train_error"]["values"] == values and spread["final_train_error"]["n"] == 2
+        assert spread["final_train_error"]["mean"] == pytest.approx(sum(values) / 2)
+    table = (tmp_path / "table.md").read_text()
+    assert "mean ± SEM" in table and table.count("| 2 |") == 3
+    assert "test error over seeds" in out and (tmp_path / "runs" / "resnet-20_a-seed1" / "last.pt").is_file()
+
+
+def test_quick_lesion_over_two_seeds_from_the_cli(tmp_path, capsys, no_fashion_mnist):
+    from reslab.cli import main
+
+    networks, output = tmp_path / "degradation", tmp_path / "lesion"
+    args = ["experiment", "lesion", "--quick", "--seeds", "2", "--networks", str(networks), "--output", str(output)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    # each seed's networks trained once, in their own folders, and each seed's study beside the summary
+    assert {p.parent.name for p in networks.glob("runs/*/last.pt")} == {
+        "plain-20", "resnet-20", "plain-20-seed1", "resnet-20-seed1"
+    }  # fmt: skip
+    for seed in (0, 1):
+        assert json.loads((output / f"seed-{seed}" / "results.json").read_text())["networks"][0]["seed"] == seed
+    doc = _outputs(output)
+    assert doc["seeds"] == [0, 1] and "Over 2 seeds (0, 1)" in doc["verdict"] and "on all 2 seeds" in out
+    intact = doc["spread"]["ResNet-20"]["intact test error"]
+    per_seed = [json.loads((output / f"seed-{s}" / "results.json").read_text()) for s in (0, 1)]
+    assert intact["values"] == [d["summaries"]["ResNet-20"]["baseline"] for d in per_seed] and intact["n"] == 2
+    rows = list(csv.DictReader((output / "results.csv").read_text().splitlines()))
+    assert {r["seed"] for r in rows} == {"0", "1"} and "mean ± SEM" in (output / "table.md").read_text()

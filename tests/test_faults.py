@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,26 +27,10 @@ import reslab.device
 import reslab.train
 from reslab.checkpoint import non_finite_tensors, read_checkpoint, save_checkpoint
 from reslab.cli import main
-from reslab.config import make_config
-from reslab.data import synthetic_dataset
 from reslab.errors import NonFiniteLossError
 from reslab.train import fit
 
-DATA = synthetic_dataset(num_train=640, num_test=200, image_size=8)
-TINY = dict(
-    model="resnet20",
-    model_kwargs={"widths": [4, 8, 16]},
-    batch_size=32,
-    lr=0.2,
-    val_size=128,
-    threads=1,
-    progress=False,
-)  # 512 training images: 16 steps per epoch
 CLI = ["--dataset", "synthetic", "--resize", "8", "--threads", "1", "--val-size", "100", "--train-subset", "256"]
-
-
-def tiny(tmp_path, **overrides):
-    return make_config(**{**TINY, "output": str(tmp_path), "name": "run", **overrides})
 
 
 def digest(path) -> str:
@@ -82,12 +67,19 @@ def at_step():
 # ----------------------------------------------------------------------------------------------------------------------
 # a kill during a checkpoint write
 
-SLOW_SAVE_RUN = """
+STUCK_SAVE_RUN = """
 import os, sys, time
+from pathlib import Path
 real_fsync = os.fsync
-def slow_fsync(fd):  # a written temporary file waits a second for its rename: the kill lands in between
-    time.sleep(1.0); real_fsync(fd)
-os.fsync = slow_fsync
+def stuck_fsync(fd):
+    # the second write of last.pt (one is already there) stops between writing its temporary file and renaming it:
+    # it says so with a marker file and waits there for the kill
+    path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+    if path.name.startswith(".last.pt.tmp") and (path.parent / "last.pt").exists():
+        Path(sys.argv[2]).touch()
+        time.sleep(3600)
+    real_fsync(fd)
+os.fsync = stuck_fsync
 from reslab.config import make_config
 from reslab.data import synthetic_dataset
 from reslab.train import fit
@@ -96,16 +88,18 @@ fit(config, data=synthetic_dataset(num_train=640, num_test=200, image_size=8))
 """
 
 
-def test_a_kill_during_a_checkpoint_write_leaves_a_loadable_last_pt_and_the_next_save_cleans_up(tmp_path):
-    script = SLOW_SAVE_RUN.replace("{TINY}", repr(TINY))
-    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the file being synced through /proc")
+def test_a_kill_during_a_checkpoint_write_leaves_a_loadable_last_pt_and_the_next_save_cleans_up(tmp_path, tiny):
+    script = STUCK_SAVE_RUN.replace("{TINY}", repr(tiny.settings))
+    marker = tmp_path / "inside-fsync"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(marker)], env=env)
     run = tmp_path / "run"
     try:
-        # wait for the second write: a last.pt exists and the next one is being written (pytest-timeout bounds it)
-        while not ((run / "last.pt").exists() and list(run.glob(".last.pt.tmp*"))):
+        # wait until the second write is inside its fsync (pytest-timeout bounds the wait), then kill it there
+        while not marker.exists():
             assert proc.poll() is None, "the run ended before a second save"
             time.sleep(0.01)
-        time.sleep(0.2)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -113,9 +107,9 @@ def test_a_kill_during_a_checkpoint_write_leaves_a_loadable_last_pt_and_the_next
     stale = list(run.glob(".last.pt.tmp*"))
     assert len(stale) == 1  # the killed write's temporary file
     saved = read_checkpoint(run / "last.pt")  # the previous checkpoint, whole
-    assert saved["step"] >= 2 and saved["step"] % 2 == 0 and not non_finite_tensors(saved["model"])
+    assert saved["step"] == 2 and not non_finite_tensors(saved["model"])
     # the next run's first save removes the dead write's file
-    result = fit(tiny(tmp_path, epochs=2, ckpt_interval=2, resume="auto"), data=DATA)
+    result = fit(tiny(tmp_path, epochs=2, ckpt_interval=2, resume="auto"), data=tiny.data)
     assert result.completed and not list(run.glob(".last.pt.tmp*"))
 
 
@@ -123,7 +117,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_a_loadable_last_pt_and_the_next
 # NaN and divergence
 
 
-def test_weights_that_stop_being_finite_at_a_checkpoint_step_are_not_saved(tmp_path, at_step):
+def test_weights_that_stop_being_finite_at_a_checkpoint_step_are_not_saved(tmp_path, at_step, tiny):
     model_ref = {}
     real_fit_model = reslab.train.build_model
 
@@ -136,7 +130,7 @@ def test_weights_that_stop_being_finite_at_a_checkpoint_step_are_not_saved(tmp_p
         # after step 6 a BatchNorm statistic overflows (as with too high an lr) while the loss may stay finite
         at_step(6, lambda: model_ref["m"].bn1.running_var.fill_(float("inf")))
         with pytest.raises(NonFiniteLossError) as e:
-            fit(tiny(tmp_path, epochs=1, ckpt_interval=3), data=DATA)
+            fit(tiny(tmp_path, epochs=1, ckpt_interval=3), data=tiny.data)
     finally:
         reslab.train.build_model = saved_build
     last = read_checkpoint(tmp_path / "run" / "last.pt")
@@ -248,15 +242,15 @@ def test_resuming_a_finished_run_says_it_is_complete_and_writes_nothing(tmp_path
     assert {p.name: (digest(p), p.stat().st_mtime_ns) for p in (tmp_path / "r").iterdir()} == before
 
 
-def test_ctrl_c_during_the_very_last_step_reports_a_completed_run(tmp_path, at_step):
+def test_ctrl_c_during_the_very_last_step_reports_a_completed_run(tmp_path, at_step, tiny):
     at_step(16, lambda: os.kill(os.getpid(), signal.SIGINT))  # the last of 16 steps
-    result = fit(tiny(tmp_path, epochs=1), data=DATA)  # no KeyboardInterrupt
+    result = fit(tiny(tmp_path, epochs=1), data=tiny.data)  # no KeyboardInterrupt
     assert result.completed and result.step == 16 and len(result.history) == 1
 
 
-def test_resume_with_other_threads_says_the_result_may_differ(tmp_path, capsys):
-    fit(tiny(tmp_path, epochs=1, max_steps=1, threads=2), data=DATA)  # one step: 2 threads are slow on a busy CPU
-    fit(tiny(tmp_path, epochs=1, max_steps=2, threads=1, resume="auto", progress=True), data=DATA)
+def test_resume_with_other_threads_says_the_result_may_differ(tmp_path, capsys, tiny):
+    fit(tiny(tmp_path, epochs=1, max_steps=1, threads=2), data=tiny.data)  # one step: 2 threads are slow on a busy CPU
+    fit(tiny(tmp_path, epochs=1, max_steps=2, threads=1, resume="auto", progress=True), data=tiny.data)
     assert "trained with 2 CPU threads and continues with 1" in capsys.readouterr().out
 
 
@@ -265,7 +259,7 @@ def test_resume_with_other_threads_says_the_result_may_differ(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["a file", "under a file", "unwritable"])
-def test_an_unusable_output_folder_is_one_line_for_train_and_eval(tmp_path, capsys, case):
+def test_an_unusable_output_folder_is_one_line_for_train_and_eval(tmp_path, capsys, case, tiny):
     if case == "a file":
         output = tmp_path / "out"
         output.write_text("x")
@@ -277,7 +271,7 @@ def test_an_unusable_output_folder_is_one_line_for_train_and_eval(tmp_path, caps
     blocker = tmp_path / "f" if case == "under a file" else output  # the file in the way, or the folder itself
     code, _, err = train_cli(capsys, "--epochs", "1", "--output", str(output))
     assert code == 2 and "error: --output: " in err and str(blocker) in err
-    fit(tiny(tmp_path, epochs=1, max_steps=2), data=DATA)
+    fit(tiny(tmp_path, epochs=1, max_steps=2), data=tiny.data)
     assert main(["eval", str(tmp_path / "run"), "--output", str(output)]) == 2
     err = capsys.readouterr().err
     assert "error: --output: " in err and "Traceback" not in err
@@ -333,14 +327,14 @@ def test_a_full_disk_is_said_as_such_and_the_previous_checkpoint_survives(tmp_pa
 # bad checkpoint files
 
 
-def test_bad_checkpoint_files_are_one_line(tmp_path, capsys):
+def test_bad_checkpoint_files_are_one_line(tmp_path, capsys, tiny):
     good = tmp_path / "good.pt"
-    fit(tiny(tmp_path, epochs=1, max_steps=2), data=DATA)
+    fit(tiny(tmp_path, epochs=1, max_steps=2), data=tiny.data)
     ckpt = read_checkpoint(tmp_path / "run" / "last.pt")
     ckpt.pop("path")
     (tmp_path / "text.pt").write_text("not a checkpoint\n" * 10)
     save_checkpoint({k: v for k, v in ckpt.items() if k != "model"}, tmp_path / "nomodel.pt")
-    other = dict(ckpt, model_kwargs={"widths": [4, 8, 32]})  # records another width than its weights have
+    other = dict(ckpt, model_kwargs={"widths": [8, 16, 64]})  # records another width than its weights have
     save_checkpoint(other, tmp_path / "mismatch.pt")
     save_checkpoint(ckpt, good)
     cases = {
@@ -375,15 +369,15 @@ def test_pickled_code_is_refused_without_torch_s_unsafe_advice(tmp_path, capsys)
 
 
 @pytest.mark.parametrize("amp, native", [("fp16", True), ("bf16", False)])
-def test_a_slow_precision_on_the_cpu_is_warned_about(tmp_path, capsys, monkeypatch, amp, native):
+def test_a_slow_precision_on_the_cpu_is_warned_about(tmp_path, capsys, monkeypatch, amp, native, tiny):
     monkeypatch.setattr(reslab.device, "cpu_has_bf16", lambda: native)
-    fit(tiny(tmp_path, epochs=1, max_steps=1, amp=amp, progress=True), data=DATA)
+    fit(tiny(tmp_path, epochs=1, max_steps=1, amp=amp, progress=True), data=tiny.data)
     out = capsys.readouterr().out
     assert f"warning: --amp {amp}" in out and "slower than fp32" in out
 
 
-def test_an_empty_image_is_said_to_have_nothing_in_it(tmp_path, capsys):
-    fit(tiny(tmp_path, epochs=1, max_steps=2), data=DATA)
+def test_an_empty_image_is_said_to_have_nothing_in_it(tmp_path, capsys, tiny):
+    fit(tiny(tmp_path, epochs=1, max_steps=2), data=tiny.data)
     Image.fromarray(np.zeros((40, 30), np.uint8)).save(tmp_path / "black.png")
     Image.fromarray(np.full((40, 30), 255, np.uint8)).save(tmp_path / "white.png")
     assert main(["predict", str(tmp_path / "run"), str(tmp_path / "black.png"), str(tmp_path / "white.png")]) == 0

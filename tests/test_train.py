@@ -16,28 +16,10 @@ import reslab.cli
 import reslab.train
 from reslab.checkpoint import read_checkpoint
 from reslab.cli import main
-from reslab.config import make_config
-from reslab.data import synthetic_dataset
 from reslab.errors import NonFiniteLossError
 from reslab.evaluate import evaluate_checkpoint
 from reslab.optim import lr_factor
 from reslab.train import fit
-
-# 8x8 images and a 4/8/16-channel resnet20: a step takes milliseconds, yet it learns the synthetic classes
-DATA = synthetic_dataset(num_train=640, num_test=200, image_size=8)
-TINY = dict(
-    model="resnet20",
-    model_kwargs={"widths": [8, 16, 32]},
-    batch_size=32,
-    lr=0.2,
-    val_size=128,
-    threads=1,
-    progress=False,
-)
-
-
-def tiny_config(tmp_path, **overrides):
-    return make_config(**{**TINY, "output": str(tmp_path), "name": "run", **overrides})
 
 
 def states_equal(a: dict, b: dict) -> bool:
@@ -76,8 +58,8 @@ def hook_model(monkeypatch, at, action):
     monkeypatch.setattr(reslab.train, "build_model", build)
 
 
-def test_short_run_learns_and_writes_its_run_folder(tmp_path, capsys):
-    result = fit(tiny_config(tmp_path, epochs=3, progress=True), data=DATA)
+def test_short_run_learns_and_writes_its_run_folder(tmp_path, capsys, tiny):
+    result = fit(tiny(tmp_path, epochs=3, progress=True), data=tiny.data)
     assert result.completed and result.step == 3 * (512 // 32)
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} == {
@@ -103,16 +85,16 @@ def test_short_run_learns_and_writes_its_run_folder(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+def straight(tmp_path_factory, tiny):
     """A 2-epoch run left alone: what stopped-and-resumed runs must reproduce bit for bit."""
-    return fit(tiny_config(tmp_path_factory.mktemp("straight"), epochs=2), data=DATA)
+    return fit(tiny(tmp_path_factory.mktemp("straight"), epochs=2), data=tiny.data)
 
 
 @pytest.mark.parametrize("stop_at", [5, 16], ids=["mid-epoch", "epoch-boundary"])
-def test_resume_is_bitwise_exact(tmp_path, straight, stop_at):
-    first = fit(tiny_config(tmp_path, epochs=2, name="split", max_steps=stop_at), data=DATA)
+def test_resume_is_bitwise_exact(tmp_path, straight, stop_at, tiny):
+    first = fit(tiny(tmp_path, epochs=2, name="split", max_steps=stop_at), data=tiny.data)
     assert not first.completed and first.step == stop_at
-    resumed = fit(tiny_config(tmp_path, epochs=2, name="split", resume="auto"), data=DATA)
+    resumed = fit(tiny(tmp_path, epochs=2, name="split", resume="auto"), data=tiny.data)
     assert resumed.completed and resumed.step == straight.step
     a, b = read_checkpoint(straight.run_dir / "last.pt"), read_checkpoint(tmp_path / "split" / "last.pt")
     assert states_equal(a, b)
@@ -123,21 +105,21 @@ def test_resume_is_bitwise_exact(tmp_path, straight, stop_at):
     assert all(ends[i + 1] >= ends[i] + r["time_s"] for i, r in enumerate(b["history"]))
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, straight, monkeypatch, capsys):
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, straight, monkeypatch, capsys, tiny):
     hook_model(monkeypatch, 7, lambda out: (os.kill(os.getpid(), signal.SIGINT), out)[1])
     before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a process started in the background
     with pytest.raises(KeyboardInterrupt):
-        fit(tiny_config(tmp_path, epochs=2, progress=True), data=DATA)
+        fit(tiny(tmp_path, epochs=2, progress=True), data=tiny.data)
     assert "--resume" in capsys.readouterr().out
     saved = read_checkpoint(tmp_path / "run" / "last.pt")
     assert (saved["epoch"], saved["step"], saved["step_in_epoch"]) == (0, 7, 7)  # the step in flight completes
     assert signal.getsignal(signal.SIGINT) is before  # the handler fit installed is gone again
     monkeypatch.undo()
-    fit(tiny_config(tmp_path, epochs=2, resume=str(tmp_path / "run")), data=DATA)
+    fit(tiny(tmp_path, epochs=2, resume=str(tmp_path / "run")), data=tiny.data)
     assert states_equal(read_checkpoint(tmp_path / "run" / "last.pt"), read_checkpoint(straight.run_dir / "last.pt"))
 
 
-def test_non_finite_loss_stops_without_touching_checkpoints(tmp_path, monkeypatch):
+def test_non_finite_loss_stops_without_touching_checkpoints(tmp_path, monkeypatch, tiny):
     digests = {}
 
     def poison(out):
@@ -149,7 +131,7 @@ def test_non_finite_loss_stops_without_touching_checkpoints(tmp_path, monkeypatc
 
     hook_model(monkeypatch, 16 + 3, poison)  # step 3 of epoch 2
     with pytest.raises(NonFiniteLossError) as e:
-        fit(tiny_config(tmp_path, epochs=2, ckpt_interval=1), data=DATA)
+        fit(tiny(tmp_path, epochs=2, ckpt_interval=1), data=tiny.data)
     msg = str(e.value)
     assert "epoch 2" in msg and "step 19" in msg and "lr " in msg and "nan" in msg
     # the last good checkpoint is the one saved after step 18, untouched
@@ -190,8 +172,8 @@ def test_lr_schedules():
     assert lr_factor(50, sched="none", **kw) == 1.0
 
 
-def test_eval_checkpoint_matches_training_and_prints_per_class_table(tmp_path, capsys):
-    config = tiny_config(tmp_path, dataset="synthetic", resize=8, train_subset=256, epochs=1, val_size=100)
+def test_eval_checkpoint_matches_training_and_prints_per_class_table(tmp_path, capsys, tiny):
+    config = tiny(tmp_path, dataset="synthetic", resize=8, train_subset=256, epochs=1, val_size=100)
     result = fit(config)
     capsys.readouterr()
     assert main(["eval", str(result.run_dir / "last.pt"), "--output", str(tmp_path / "ev")]) == 0
@@ -204,10 +186,10 @@ def test_eval_checkpoint_matches_training_and_prints_per_class_table(tmp_path, c
     assert (tmp_path / "ev" / "confusion_matrix_val.png").is_file()
 
 
-def test_load_checkpoint_gives_a_ready_model(tmp_path):
-    result = fit(tiny_config(tmp_path, epochs=1), data=DATA)
+def test_load_checkpoint_gives_a_ready_model(tmp_path, tiny):
+    result = fit(tiny(tmp_path, epochs=1), data=tiny.data)
     trained = reslab.load_checkpoint(result.run_dir / "last.pt")
-    assert not trained.model.training and trained.classes == DATA.classes and trained.input_size == (1, 8, 8)
+    assert not trained.model.training and trained.classes == tiny.data.classes and trained.input_size == (1, 8, 8)
     assert trained.config.epochs == 1 and trained.epoch == 1 and trained.model_name == "resnet20"
     saved, trained_now = trained.model.state_dict(), result.model.state_dict()
     assert all(torch.equal(saved[k], trained_now[k]) for k in trained_now)
@@ -216,31 +198,76 @@ def test_load_checkpoint_gives_a_ready_model(tmp_path):
         torch.testing.assert_close(trained.model(x), result.model(x))
 
 
-def test_sync_bn_outside_cuda_ddp_is_noted_and_the_run_goes_on(tmp_path, capsys):
+def test_sync_bn_outside_cuda_ddp_is_noted_and_the_run_goes_on(tmp_path, capsys, tiny):
     # SyncBatchNorm needs CUDA processes under torchrun; elsewhere the flag is reported as ignored, not an error
-    result = fit(tiny_config(tmp_path, epochs=1, sync_bn=True, progress=True), data=DATA)
+    result = fit(tiny(tmp_path, epochs=1, sync_bn=True, progress=True), data=tiny.data)
     assert result.completed
     assert "note: --sync-bn only acts with several CUDA processes under torchrun; ignored" in capsys.readouterr().out
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in result.model.modules())
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# written by reslab 0.1 (checkpoint format 1, with a LambdaLR "scheduler" entry) on a 2-core AMD EPYC (fp32: no bf16
+# there), at step 21 of 2 x 16, with the tiny run's settings at widths 4/8/16 and --ckpt-interval 7
+FORMAT_1 = FIXTURES / "format1-resnet20-tiny-step21.pt"
+# what the run that wrote it was asked for (and --max-steps 21)
+FORMAT_1_RUN = dict(model_kwargs={"widths": [4, 8, 16]}, epochs=2, ckpt_interval=7)
 
 
-def test_a_checkpoint_of_format_1_resumes_bitwise_like_a_run_left_alone(tmp_path):
-    # written by reslab 0.1 (checkpoint format 1, with a LambdaLR "scheduler" entry) at step 21 of 2 x 16, with
-    # TINY's settings at widths 4/8/16 and --ckpt-interval 7; the current code must carry it on to the same bits
+def as_format_1(ckpt: dict, schema: dict) -> dict:
+    """A format-2 checkpoint written in format 1's schema, read from a file reslab 0.1 wrote (`schema`): its
+    entries only (no "threads", "preprocess", "live_model"), its config's fields only, and the LambdaLR state 0.1
+    kept under "scheduler", at this checkpoint's step."""
+    old = {k: ckpt[k] for k in schema if k in ckpt}
+    old["format_version"], old["reslab_version"] = 1, schema["reslab_version"]
+    old["config"] = {k: v for k, v in ckpt["config"].items() if k in schema["config"]}
+    old["scheduler"] = {**schema["scheduler"], "last_epoch": ckpt["step"], "_step_count": ckpt["step"] + 1}
+    return old
+
+
+def test_a_checkpoint_of_format_1_resumes_bitwise_like_a_run_left_alone(tmp_path, tiny):
+    # both sides on this machine: a run stopped at step 21 here, its checkpoint rewritten in format 1's schema, then
+    # resumed by the current code, against a run left alone here (bit equality holds on one CPU, not across CPUs)
+    fit(tiny(tmp_path, name="v1", max_steps=21, **FORMAT_1_RUN), data=tiny.data)
     old = tmp_path / "old"
     old.mkdir()
-    shutil.copy(FIXTURES / "format1-resnet20-tiny-step21.pt", old / "last.pt")
+    schema = torch.load(FORMAT_1, weights_only=True)
+    torch.save(as_format_1(read_checkpoint(tmp_path / "v1" / "last.pt"), schema), old / "last.pt")
     saved = read_checkpoint(old / "last.pt")
-    assert saved["format_version"] == 1 and "scheduler" in saved and (saved["step"], saved["step_in_epoch"]) == (21, 5)
-    kw = dict(model_kwargs={"widths": [4, 8, 16]}, epochs=2, ckpt_interval=7)
-    resumed = fit(tiny_config(tmp_path, resume=str(old), **kw), data=DATA)
-    straight = fit(tiny_config(tmp_path, name="straight", **kw), data=DATA)
+    assert saved["format_version"] == 1 and "scheduler" in saved and "threads" not in saved
+    assert saved.keys() - {"path"} == schema.keys() and (saved["step"], saved["step_in_epoch"]) == (21, 5)
+    resumed = fit(tiny(tmp_path, resume=str(old), **FORMAT_1_RUN), data=tiny.data)
+    straight = fit(tiny(tmp_path, name="straight", **FORMAT_1_RUN), data=tiny.data)
     assert resumed.step == straight.step == 32
     assert states_equal(read_checkpoint(old / "last.pt"), read_checkpoint(straight.run_dir / "last.pt"))
     assert read_checkpoint(old / "last.pt")["format_version"] == 2
+
+
+def relative_distance(a: dict, b: dict) -> float:
+    """||a - b|| / ||b|| over the floating-point tensors of two state_dicts."""
+    keys = [k for k in b if b[k].is_floating_point()]
+    diff = sum(((a[k].double() - b[k].double()) ** 2).sum() for k in keys)
+    return float((diff / sum((b[k].double() ** 2).sum() for k in keys)).sqrt())
+
+
+def test_the_committed_format_1_checkpoint_is_this_recipe_on_another_cpu_and_resumes_close_to_it(tmp_path, tiny):
+    # across CPUs only to float tolerance: the file was computed in fp32 on another CPU, so this side runs in fp32
+    # too (--amp off; bf16 autocast, where this CPU has it, moves these weights by tens of percent)
+    fp32 = dict(FORMAT_1_RUN, amp="off")
+    here = fit(tiny(tmp_path, name="here", max_steps=21, **fp32), data=tiny.data)
+    saved = read_checkpoint(FORMAT_1)
+    assert saved["format_version"] == 1 and (saved["step"], saved["step_in_epoch"]) == (21, 5)
+    assert saved["config"]["model_kwargs"] == FORMAT_1_RUN["model_kwargs"] and here.step == 21
+    assert relative_distance(saved["model"], read_checkpoint(here.run_dir / "last.pt")["model"]) < 1e-3
+    # resumed by the current code, it ends where a run left alone here ends, to the tolerance 11 more steps allow
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(FORMAT_1, old / "last.pt")
+    resumed = fit(tiny(tmp_path, resume=str(old), **fp32), data=tiny.data)
+    straight = fit(tiny(tmp_path, name="straight", **fp32), data=tiny.data)
+    assert resumed.step == straight.step == 32 and read_checkpoint(old / "last.pt")["format_version"] == 2
+    ends = [read_checkpoint(run / "last.pt")["model"] for run in (old, straight.run_dir)]
+    assert relative_distance(*ends) < 0.02
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -270,8 +297,8 @@ def test_a_bad_flag_value_names_the_flag_and_trains_nothing(tmp_path, capsys, fl
     assert not any(tmp_path.iterdir())
 
 
-def test_name_of_an_existing_run_without_resume_is_refused(tmp_path, capsys):
-    fit(tiny_config(tmp_path, epochs=1, max_steps=2), data=DATA)
+def test_name_of_an_existing_run_without_resume_is_refused(tmp_path, capsys, tiny):
+    fit(tiny(tmp_path, epochs=1, max_steps=2), data=tiny.data)
     code, _, err = run_cli(capsys, "--output", str(tmp_path), "--name", "run", "--epochs", "1")
     assert code == 2 and "already holds a run (last.pt); pass --resume auto" in err
 
@@ -281,8 +308,8 @@ def test_resume_auto_without_name_is_refused(tmp_path, capsys):
     assert code == 2 and "--resume auto: needs --name" in err
 
 
-def test_resume_of_a_checkpoint_of_another_model_is_refused(tmp_path, capsys):
-    fit(tiny_config(tmp_path, epochs=1, max_steps=2), data=DATA)
+def test_resume_of_a_checkpoint_of_another_model_is_refused(tmp_path, capsys, tiny):
+    fit(tiny(tmp_path, epochs=1, max_steps=2), data=tiny.data)
     code, _, err = run_cli(capsys, "--resume", str(tmp_path / "run"), "--model", "resnet32")
     assert code == 2 and "holds a resnet20 but --model is resnet32" in err
 

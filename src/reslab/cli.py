@@ -413,118 +413,120 @@ _EXPERIMENTS = {  # name -> what it shows
     "landscape": "the training loss around the trained weights along filter-normalised directions (Li et al. 2018)",
     "gradients": "per-layer gradient norms and shattered input gradients, at init and trained (Balduzzi et al. 2017)",
 }
-_STUDIES = ("lesion", "landscape", "gradients")  # the experiments on the networks `degradation` trains
 
 
 def _add_experiment(sub):
+    from reslab.config import EXPERIMENT_OUTPUT
+
     p = sub.add_parser(
         "experiment",
         help="the experiments that explain why residual networks work: " + ", ".join(_EXPERIMENTS),
         description="Each writes figure.png, table.md, results.csv, results.json and verdict.txt into "
-        "runs/experiments/NAME/ (NAME-quick with --quick). lesion, landscape and gradients study the networks "
+        f"{EXPERIMENT_OUTPUT}/NAME/ (NAME-quick with --quick). lesion, landscape and gradients study the networks "
         "`reslab experiment degradation` trains, training any that are missing.",
     )
     which = p.add_subparsers(dest="which", metavar="NAME", required=True)
     for name, text in _EXPERIMENTS.items():
         e = which.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
-        e.add_argument("--depths", default=None, help=_DEPTHS_HELP[name])
-        if name in _STUDIES:
-            e.add_argument(
-                "--networks",
-                default=None,
-                metavar="DIR",
-                help="the degradation experiment's folder, whose runs/<network>/last.pt are studied (default: "
-                "runs/experiments/degradation, or degradation-quick); missing networks are trained there",
-            )
-        else:
-            e.add_argument(
-                "--epochs",
-                type=int,
-                default=None,
-                help="epochs per network (default: degradation 3, shortcuts 4; --quick 1)",
-            )
-        e.add_argument(
-            "--output",
-            default=None,
-            help=f"folder for the figure, table and raw numbers (default: runs/experiments/{name}, or {name}-quick)",
-        )
-        e.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
-        e.add_argument("--seed", type=int, default=0, help="the seed of the networks and the draws (default 0)")
-        e.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice; --quick 1)")
-        e.add_argument("--quick", action="store_true", help=_QUICK_HELP[name])
-        if name == "lesion":
-            e.add_argument("--test-size", type=int, default=None, help="test images scored (default 500; --quick 64)")
-            e.add_argument(
-                "--max-k", type=int, default=None, help="k = 1..MAX_K blocks deleted or swapped (default 10)"
-            )
-            e.add_argument("--draws", type=int, default=None, help="random draws for each k (default 3)")
-        elif name == "landscape":
-            e.add_argument(
-                "--train-size", type=int, default=None, help="training images the loss is taken on (default 500)"
-            )
-            e.add_argument("--grid", type=int, default=None, help="points per axis of the 2-D slice (default 13)")
-            e.add_argument("--line-points", type=int, default=None, help="points of the 1-D slice (default 21)")
-            e.add_argument("--span", type=float, default=None, help="the slices cover [-SPAN, SPAN] (default 1)")
-            e.add_argument(
-                "--hessian",
-                action="store_true",
-                help="also the Hessian's |lambda_min/lambda_max| (20 Hessian-vector products on 256 images)",
-            )
-        elif name == "gradients":
-            e.add_argument(
-                "--trained-depths",
-                default=None,
-                help="depths also measured after training (default 20,56, what degradation trains; 110 takes about "
-                "an hour per network on a 2-core CPU)",
-            )
-            e.add_argument("--batch", type=int, default=None, help="training images for the gradient norms (128)")
-            e.add_argument("--lines", type=int, default=None, help="test images a line is drawn through (default 4)")
-            e.add_argument("--points", type=int, default=None, help="points per line (default 65)")
+        _add_experiment_common(e, name)
+        _add_study_options(e, name)
     return p
 
 
-_DEPTHS_HELP = {
-    "degradation": "comma-separated depths (default 20,56)",
-    "shortcuts": "the depth (default 20)",
-    "lesion": "depths of the plain/ResNet pairs (default 56; --quick 20)",
-    "landscape": "depths of the plain/ResNet pairs (default 20,56; --quick 20)",
-    "gradients": "depths of the plain/ResNet pairs (default 20,56,110; --quick 20,32)",
-}
-_QUICK_HELP = {
-    name: "a pipeline check in seconds, not the finding: "
-    + ("256 images, one epoch" if name in ("degradation", "shortcuts") else "networks trained for 4 steps, tiny sizes")
-    + " (synthetic data if Fashion-MNIST is absent)"
-    for name in _EXPERIMENTS
-}
+def _shown(value) -> str:
+    """A default as --help shows it: (20, 56) -> 20,56; 1.0 -> 1."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _add_experiment_common(e, name: str) -> None:
+    """The flags every experiment has; the defaults shown are the code's (reslab.config)."""
+    from reslab.config import EXPERIMENT_DEPTHS, EXPERIMENT_OUTPUT, EXPERIMENT_QUICK, EXPERIMENT_RECIPES, STUDY_OPTIONS
+
+    q = EXPERIMENT_QUICK
+    if name in STUDY_OPTIONS:
+        e.add_argument(
+            "--networks",
+            default=None,
+            metavar="DIR",
+            help="the degradation experiment's folder, whose runs/<network>/last.pt are studied (default: "
+            f"{EXPERIMENT_OUTPUT}/degradation, or degradation-quick); missing networks are trained there",
+        )
+        quick = f"networks trained for {q['train_subset'] // q['batch_size']} steps, tiny sizes"
+    else:
+        what = "comma-separated depths" if name == "degradation" else "the depth"
+        e.add_argument("--depths", default=None, help=f"{what} (default {_shown(EXPERIMENT_DEPTHS[name])})")
+        e.add_argument(
+            "--epochs",
+            type=int,
+            default=None,
+            help=f"epochs per network (default {EXPERIMENT_RECIPES[name]['epochs']}; --quick {q['epochs']})",
+        )
+        quick = f"{q['train_subset']} images, {q['epochs']} epoch{'s' if q['epochs'] != 1 else ''}"
+
+    e.add_argument(
+        "--output",
+        default=None,
+        help=f"folder for the figure, table and raw numbers (default: {EXPERIMENT_OUTPUT}/{name}, or {name}-quick)",
+    )
+    e.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+    e.add_argument("--seed", type=int, default=0, help="the seed of the networks and the draws (default %(default)s)")
+    e.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="networks of this many seeds (SEED, SEED+1, ...), each trained once and measured; outputs give each "
+        "seed's value and the mean ± SEM, and the verdict calls only what the seeds resolve (default %(default)s)",
+    )
+    e.add_argument(
+        "--threads", type=int, default=None, help=f"CPU threads (default: torch's choice; --quick {q['threads']})"
+    )
+    e.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a pipeline check in seconds, not the finding: {quick} (synthetic data if Fashion-MNIST is absent)",
+    )
+
+
+def _study_flags(name: str) -> list:
+    """The fields of a study's options (reslab.config.STUDY_OPTIONS) that have a flag."""
+    import dataclasses
+
+    from reslab.config import STUDY_OPTIONS
+
+    return [f for f in dataclasses.fields(STUDY_OPTIONS[name]) if f.metadata["flag"]]
+
+
+def _add_study_options(e, name: str) -> None:
+    """One flag per option of a study, its help and shown defaults read from the options' dataclass."""
+    from reslab.config import STUDY_OPTIONS
+
+    for f in _study_flags(name) if name in STUDY_OPTIONS else []:
+        flag, text = "--" + f.name.replace("_", "-"), f.metadata["help"]
+        if isinstance(f.default, bool):
+            e.add_argument(flag, action="store_true", default=None, help=text)
+            continue
+        shown = f"default {_shown(f.default)}"
+        if f.metadata["quick"] != f.default:
+            shown += f"; --quick {_shown(f.metadata['quick'])}"
+        kind = str if isinstance(f.default, tuple) else type(f.default)  # depths: "20,56", parsed by parse_depths
+        e.add_argument(flag, type=kind, default=None, help=f"{text} ({shown})")
 
 
 def _cmd_experiment(args) -> int:
-    from reslab.experiments import parse_depths, run_experiment, run_gradients, run_landscape, run_lesion
+    from reslab.experiments import STUDIES, StudyRun, parse_depths, run_experiment
 
     common = dict(data_dir=args.data_dir, seed=args.seed, quick=args.quick, threads=args.threads, output=args.output)
-    if args.which not in _STUDIES:
-        run_experiment(args.which, depths=parse_depths(args.depths, args.which), epochs=args.epochs, **common)
+    if args.which not in STUDIES:
+        depths = parse_depths(args.depths, args.which)
+        run_experiment(args.which, depths=depths, epochs=args.epochs, seeds=args.seeds, **common)
         return 0
-    depths = None if args.depths is None else parse_depths(args.depths, args.which)
-    common.update(depths=depths, networks=args.networks)
-    if args.which == "lesion":
-        run_lesion(test_size=args.test_size, max_k=args.max_k, draws=args.draws, **common)
-    elif args.which == "landscape":
-        run_landscape(
-            train_size=args.train_size,
-            grid=args.grid,
-            line_points=args.line_points,
-            span=args.span,
-            hessian=args.hessian,
-            **common,
-        )
-    else:
-        trained = (
-            None
-            if args.trained_depths is None
-            else parse_depths(args.trained_depths, "gradients", flag="--trained-depths")
-        )
-        run_gradients(trained_depths=trained, batch=args.batch, lines=args.lines, points=args.points, **common)
+    options = {f.name: getattr(args, f.name) for f in _study_flags(args.which)}
+    for key in ("depths", "trained_depths"):
+        if options.get(key) is not None:
+            options[key] = parse_depths(options[key], args.which, flag="--" + key.replace("_", "-"))
+    STUDIES[args.which](StudyRun(networks=args.networks, seeds=args.seeds, **common), **options)
     return 0
 
 

@@ -232,10 +232,12 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 def make_config(recipe: str = "default", **overrides: Any) -> TrainConfig:
-    """A recipe's config with `overrides` applied (None values are ignored, like unset flags)."""
-    if recipe not in RECIPES:
+    """A recipe's config (RECIPES, or an experiment's: EXPERIMENT_RECIPES) with `overrides` applied (None values
+    are ignored, like unset flags)."""
+    recipes = RECIPES | EXPERIMENT_RECIPES
+    if recipe not in recipes:
         raise ReslabError(f"--recipe: expected one of {', '.join(sorted(RECIPES))}, got {recipe!r}")
-    values = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
+    values = {**recipes[recipe], **{k: v for k, v in overrides.items() if v is not None}}
     return TrainConfig(**values)
 
 
@@ -255,3 +257,102 @@ def _show(value: Any, none: str) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# experiments (reslab.experiments): their recipes and their own options, here without torch so that
+# `reslab experiment --help` shows these very values
+
+# He et al. 2016, section 4.2 (the CIFAR recipe), shortened: SGD with momentum 0.9 at lr 0.1 for 128 images, weight
+# decay 1e-4, lr x0.1 at 50% and 75% of training, no augmentation: the question is how well each network
+# *optimises*, so nothing should hold the training error up. The whole training set (no validation split): the test
+# set only reports, nothing is chosen on it. A linear warmup over half an epoch, as the paper does for ResNet-110:
+# without it ResNet-56 lost its first epoch (README, Experiments). `shortcuts` is the same recipe one epoch longer.
+# Recipes like RECIPES' (make_config takes their names), kept apart so that `reslab train --help` lists the
+# training recipes only.
+EXPERIMENT_RECIPES: dict[str, dict[str, Any]] = {}
+EXPERIMENT_RECIPES["degradation"] = dict(
+    epochs=3,
+    batch_size=128,
+    lr=0.1,
+    opt="sgd",
+    momentum=0.9,
+    weight_decay=1e-4,
+    sched="step",
+    warmup_epochs=0.5,
+    label_smoothing=0.0,
+    crop_padding=0,
+    hflip=False,
+    val_size=0,
+    amp="auto",
+    channels_last=True,
+)
+EXPERIMENT_RECIPES["shortcuts"] = {**EXPERIMENT_RECIPES["degradation"], "epochs": 4}
+EXPERIMENT_DEPTHS = {"degradation": (20, 56), "shortcuts": (20,)}
+EXPERIMENT_OUTPUT = "runs/experiments"  # each experiment writes into EXPERIMENT_OUTPUT/NAME (NAME-quick for --quick)
+# --quick: 4 steps per network on 256 training images, the first 256 test images. One thread: batches this small
+# gain little from a second one, and on a busy machine OpenMP's spin-waiting made 2 threads far slower than 1
+EXPERIMENT_QUICK = dict(train_subset=256, test_size=256, epochs=1, batch_size=64, threads=1)
+
+
+def _option(default: Any, quick: Any, help: str, *, least: int | float = 1, flag: bool = True) -> Any:
+    """A study option: its default, its --quick value, its --help text and its smallest allowed value; `flag`:
+    whether the CLI has a flag for it."""
+    return field(default=default, metadata={"quick": quick, "help": help, "least": least, "flag": flag})
+
+
+@dataclass(frozen=True)
+class LesionOptions:
+    """`reslab experiment lesion`'s own options (reslab.experiments.lesion)."""
+
+    depths: tuple[int, ...] = _option((56,), (20,), "depths of the plain/ResNet pairs")
+    # one evaluation of ResNet-56 on 500 images takes seconds on a 2-core CPU, and each network needs 87 of them
+    test_size: int = _option(500, 64, "test images scored")
+    max_k: int = _option(10, 3, "k = 1..MAX_K blocks deleted or swapped")
+    draws: int = _option(3, 2, "random draws for each k")
+
+
+@dataclass(frozen=True)
+class LandscapeOptions:
+    """`reslab experiment landscape`'s own options (reslab.experiments.landscape)."""
+
+    depths: tuple[int, ...] = _option((20, 56), (20,), "depths of the plain/ResNet pairs")
+    train_size: int = _option(500, 64, "training images the loss is taken on")
+    grid: int = _option(13, 5, "points per axis of the 2-D slice", least=3)
+    line_points: int = _option(21, 7, "points of the 1-D slice", least=3)
+    span: float = _option(1.0, 1.0, "the slices cover [-SPAN, SPAN]", least=0)
+    hessian: bool = _option(False, False, "also the Hessian's |lambda_min/lambda_max| at the trained weights (Lanczos)")
+
+
+@dataclass(frozen=True)
+class GradientsOptions:
+    """`reslab experiment gradients`'s own options (reslab.experiments.gradients)."""
+
+    depths: tuple[int, ...] = _option((20, 56, 110), (20, 32), "depths of the plain/ResNet pairs")
+    # 110 is not among the networks degradation trains, and it takes about an hour per network on a 2-core CPU
+    trained_depths: tuple[int, ...] = _option((20, 56), (20,), "depths also measured after training")
+    batch: int = _option(128, 32, "training images for the gradient norms", least=2)
+    lines: int = _option(4, 2, "test images a line is drawn through")
+    points: int = _option(65, 17, "points per line (at least 2 * the largest lag + 1)", least=3)
+    span: float = _option(0.25, 0.25, "lines cover t in [-SPAN, SPAN]", flag=False)
+    max_lag: int = _option(8, 4, "the largest distance between points whose gradients are compared", flag=False)
+
+
+STUDY_OPTIONS = {"lesion": LesionOptions, "landscape": LandscapeOptions, "gradients": GradientsOptions}
+
+
+def study_options(name: str, *, quick: bool = False, **given: Any) -> Any:
+    """A study's options: each one `given` (not None), else its --quick value under `quick`, else its default;
+    each checked against its smallest allowed value (a one-line ReslabError naming the flag)."""
+    cls = STUDY_OPTIONS[name]
+    values = {}
+    for f in dataclasses.fields(cls):
+        v = given.pop(f.name, None)
+        if v is None:
+            v = f.metadata["quick"] if quick else f.default
+        elif not isinstance(v, (bool, tuple)) and v < f.metadata["least"]:
+            raise ReslabError(f"{_flag(f.name)}: expected at least {f.metadata['least']:g}, got {v:g}")
+        values[f.name] = v
+    if given:
+        raise TypeError(f"{name}: unknown options {sorted(given)}")
+    return cls(**values)

@@ -16,12 +16,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from reslab.config import TrainConfig
+from reslab.config import EXPERIMENT_DEPTHS, EXPERIMENT_OUTPUT, EXPERIMENT_QUICK, TrainConfig, make_config
 from reslab.data import Dataset, find_data_dir, load_dataset
 from reslab.errors import ReslabError
-from reslab.experiments.harness import Run, RunResult, compare, format_table
+from reslab.experiments.harness import Run, RunResult, by_label, compare, format_table
+from reslab.experiments.spread import Difference, Spread, Z
 from reslab.models import list_models
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -30,34 +31,73 @@ from reslab.models import list_models
 
 @dataclass(frozen=True)
 class Verdict:
-    plain_degrades: bool  # the deepest plain network has a higher training error than the shallowest
-    residual_improves: bool  # the deepest residual network's training error is no higher than the shallowest's
+    plain_degrades: bool  # the deepest plain network trains worse than the shallowest (several seeds: resolved so)
+    residual_improves: bool  # the deepest residual network trains no worse (several seeds: not resolved worse)
     text: str
+    resolved: bool | None = None  # several seeds: the plain networks' difference is beyond the noise; 1 seed: None
 
 
-def degradation_verdict(plain: dict[int, float], residual: dict[int, float]) -> Verdict:
-    """Compare the final training errors (fractions) of the shallowest and deepest network of each family.
+Errors = dict[int, float | Sequence[float]]  # depth -> final training error (a fraction), or one per seed
 
-    `plain` and `residual` map depth -> final training error. The paper's finding (CIFAR-10, Figure 6) is both:
-    the deeper plain network trains worse, the deeper residual network at least as well.
+
+def degradation_verdict(plain: Errors, residual: Errors) -> Verdict:
+    """Compare the final training errors of the shallowest and deepest network of each family.
+
+    `plain` and `residual` map depth -> final training error, or one per seed. The paper's finding (CIFAR-10,
+    Figure 6) is both: the deeper plain network trains worse, the deeper residual network at least as well. With
+    several seeds a difference is called only beyond the noise (reslab.experiments.spread: the difference of the
+    means against its standard error, stated in the text); with one, the verdict says it is a single run.
     """
     if len(plain) < 2 or len(residual) < 2:
         raise ValueError("degradation_verdict needs at least two depths of each family")
     lo, hi = min(plain), max(plain)
-    plain_gap = plain[hi] - plain[lo]
     rlo, rhi = min(residual), max(residual)
-    res_gap = residual[rhi] - residual[rlo]
-    plain_degrades = plain_gap > 0
-    residual_improves = res_gap <= 0
+    dp = Difference(Spread(plain[hi]), Spread(plain[lo]))
+    dr = Difference(Spread(residual[rhi]), Spread(residual[rlo]))
+    if dp.se is None or dr.se is None:
+        return _single_run_verdict(dp, dr, (lo, hi, rlo, rhi))
+    plain_degrades, residual_improves = dp.sign > 0, dr.sign <= 0
+    lines = [
+        f"plain-{hi} vs plain-{lo}: training error {dp.a.text()} vs {dp.b.text()} ({dp.criterion()}) -> "
+        + {1: "the deeper plain network trained worse: degradation.", -1: "the deeper plain network trained better.",
+           0: "not resolved: within the seeds' noise."}[dp.sign],
+        f"ResNet-{rhi} vs ResNet-{rlo}: training error {dr.a.text()} vs {dr.b.text()} ({dr.criterion()}) -> "
+        + {-1: "the deeper residual network trained better.", 1: "the deeper residual network trained worse.",
+           0: "no difference beyond the seeds' noise: at least as well within it."}[dr.sign],
+    ]  # fmt: skip
+    n = min(dp.a.n, dp.b.n)
+    if plain_degrades and residual_improves:
+        lines.append(
+            f"Verdict: as in the paper, depth hurts the plain networks and not the residual ones ({n} seeds; a "
+            f"difference is called beyond {Z:g} standard errors)."
+        )
+    elif dp.sign == 0:
+        needed = dp.seeds_needed
+        lines.append(
+            f"Verdict: not resolved: {n} seeds do not tell plain-{hi}'s training error from plain-{lo}'s"
+            + (f" (about {needed} seeds would at this spread)." if needed else ".")
+        )
+    elif plain_degrades:
+        lines.append("Verdict: the plain networks degrade, but the deeper residual network trained worse too.")
+    else:
+        lines.append(f"Verdict: no degradation: the deeper plain network trained better, resolved by {n} seeds.")
+    return Verdict(plain_degrades, residual_improves, "\n".join(lines), dp.resolved)
+
+
+def _single_run_verdict(dp: Difference, dr: Difference, depths: tuple[int, int, int, int]) -> Verdict:
+    """One seed: the sign of each difference as it fell, and the warning that seed noise is not measured."""
+    lo, hi, rlo, rhi = depths
+    plain_gap, res_gap = dp.diff, dr.diff
+    plain_degrades, residual_improves = plain_gap > 0, res_gap <= 0
 
     def pts(gap: float) -> str:
         return f"{abs(100 * gap):.2f} points {'higher' if gap > 0 else 'lower' if gap < 0 else 'equal'}"
 
     lines = [
-        f"plain-{hi} vs plain-{lo}: training error {100 * plain[hi]:.2f}% vs {100 * plain[lo]:.2f}% "
+        f"plain-{hi} vs plain-{lo}: training error {100 * dp.a.mean:.2f}% vs {100 * dp.b.mean:.2f}% "
         f"({pts(plain_gap)}) -> "
         + ("the deeper plain network trained worse: degradation." if plain_degrades else "no degradation here."),
-        f"ResNet-{rhi} vs ResNet-{rlo}: training error {100 * residual[rhi]:.2f}% vs {100 * residual[rlo]:.2f}% "
+        f"ResNet-{rhi} vs ResNet-{rlo}: training error {100 * dr.a.mean:.2f}% vs {100 * dr.b.mean:.2f}% "
         f"({pts(res_gap)}) -> "
         + (
             "the deeper residual network trained at least as well."
@@ -73,14 +113,23 @@ def degradation_verdict(plain: dict[int, float], residual: dict[int, float]) -> 
         lines.append("Verdict: no degradation of the plain networks in this run (try more epochs or depths).")
     else:
         lines.append("Verdict: neither family gained from depth in this run (try more epochs).")
+    lines.append(
+        "A single run (one seed): seed noise is not measured, so these signs may not hold on another seed; "
+        "--seeds N trains each network N times and calls a difference only beyond the noise."
+    )
     return Verdict(plain_degrades, residual_improves, "\n".join(lines))
 
 
-def shortcuts_verdict(final: dict[str, tuple[float, float]]) -> str:
-    """`final`: option ("A", "B", "C") -> (training error, test error). The paper (ImageNet, Table 3) finds
-    B slightly better than A and C marginally better than B: small differences, so projections are not essential."""
-    if not final:
+def shortcuts_verdict(errors: dict[str, tuple[float | Sequence[float], float | Sequence[float]]]) -> str:
+    """`errors`: option ("A", "B", "C") -> (training error, test error), each a number or one per seed. The paper
+    (ImageNet, Table 3) finds B slightly better than A and C marginally better than B: small differences, so
+    projections are not essential. Options are ranked by their means; over several seeds each step of the test
+    ranking is checked against the noise (reslab.experiments.spread), and the paper's order is called only if every
+    step is resolved."""
+    if not errors:
         raise ValueError("shortcuts_verdict needs at least one option")
+    spreads = {k: (Spread(train), Spread(test)) for k, (train, test) in errors.items()}
+    final = {k: (train.mean, test.mean) for k, (train, test) in spreads.items()}
     by_train = sorted(final, key=lambda k: final[k][0])
     by_test = sorted(final, key=lambda k: final[k][1])
     spread = max(v[1] for v in final.values()) - min(v[1] for v in final.values())
@@ -92,16 +141,28 @@ def shortcuts_verdict(final: dict[str, tuple[float, float]]) -> str:
             text += f" {'=' if same else '<'} {k} {100 * final[k][i]:.2f}%"
         return text
 
+    pairs = list(zip(by_test[:-1], by_test[1:], strict=True))
+    steps = [Difference(spreads[b][1], spreads[a][1]) for a, b in pairs]
+    several = min(s.n for _, s in spreads.values()) > 1
+    as_paper = by_test == sorted(final, reverse=True) and (not several or all(d.resolved for d in steps))
     lines = [
         "training error: " + ranking(by_train, 0),
         "test error:     " + ranking(by_test, 1),
         f"Test errors span {100 * spread:.2f} points. "
         + (
             "As in the paper (A > B > C in error), projections help a little."
-            if by_test == sorted(final, reverse=True)
+            if as_paper
             else "The paper's order (C best, then B, then A) does not show here; its differences were small too."
         ),
     ]
+    if several:
+        lines.insert(
+            2,
+            "test error over seeds: "
+            + "; ".join(f"{b} vs {a}: {d.criterion()}" for (a, b), d in zip(pairs, steps, strict=True)),
+        )
+    else:
+        lines.append("A single run (one seed): --seeds N tells these differences from seed noise.")
     return "\n".join(lines)
 
 
@@ -109,48 +170,10 @@ def shortcuts_verdict(final: dict[str, tuple[float, float]]) -> str:
 # the two experiments and their CLI
 
 
-def experiment_config(**overrides: Any) -> TrainConfig:
-    """The recipe both experiments train with: the paper's CIFAR one (section 4.2), shortened.
-
-    SGD with momentum 0.9 at lr 0.1 for 128 images, weight decay 1e-4, lr x0.1 at 50% and 75% of training, no
-    augmentation: the question is how well each network *optimises*, so nothing should hold the training error up.
-    The whole training set (no validation split): the test set only reports, nothing is chosen on it.
-    A linear warmup over half an epoch (235 steps), as the paper does for ResNet-110: without it ResNet-56 lost its
-    first epoch (measured on 10k images: 75.8% training error without, 53.1% with; ResNet-20 41.8%).
-    """
-    values = dict(
-        epochs=DEFAULT_EPOCHS["degradation"],
-        batch_size=128,
-        lr=0.1,
-        opt="sgd",
-        momentum=0.9,
-        weight_decay=1e-4,
-        sched="step",
-        warmup_epochs=0.5,
-        label_smoothing=0.0,
-        crop_padding=0,
-        hflip=False,
-        val_size=0,
-        amp="auto",
-        channels_last=True,
-        progress=True,
-    )
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig(**values)
-
-
-# measured on the 2-core Xeon with bf16 (README, Experiments): degradation 19.9 min, shortcuts 11.2 min
-DEFAULT_EPOCHS = {"degradation": 3, "shortcuts": 4}
-DEFAULT_DEPTHS = {"degradation": (20, 56), "shortcuts": (20,)}
-# 4 steps per network. One thread: batches this small gain little from a second one, and on a busy machine (CI
-# beside other jobs) OpenMP's spin-waiting made 2 threads 20x slower than 1 (measured: 4.4 vs 0.34 s per step)
-QUICK = dict(train_subset=256, test_size=256, epochs=1, batch_size=64, threads=1)
-
-
 def parse_depths(text: str | None, which: str, *, flag: str = "--depths") -> tuple[int, ...]:
     """`--depths 20,56` -> (20, 56), checked against the registry and the experiment (`flag` names it in errors)."""
     if text is None:
-        return DEFAULT_DEPTHS[which]
+        return EXPERIMENT_DEPTHS[which]
     try:
         depths = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
     except ValueError:
@@ -196,34 +219,7 @@ def shortcut_runs(depth: int) -> list[Run]:
 
 def default_output(which: str, quick: bool = False) -> Path:
     """runs/experiments/WHICH, or WHICH-quick: where an experiment writes by default."""
-    return Path("runs") / "experiments" / (which + ("-quick" if quick else ""))
-
-
-class StudySetup(NamedTuple):
-    output: Path  # where the study writes its figure, table and numbers
-    networks: Path  # the degradation experiment's folder, whose networks it studies
-    threads: int | None
-    config: TrainConfig  # the degradation recipe, which the networks were (or will be) trained with
-    data: Dataset
-
-
-def study_setup(
-    name: str,
-    *,
-    output: str | Path | None,
-    networks: str | Path | None,
-    seed: int,
-    data_dir: str | None,
-    quick: bool,
-    threads: int | None,
-) -> StudySetup:
-    """What lesion, landscape and gradients start from: their folders (runs/experiments/NAME and degradation, or
-    their -quick twins), the degradation recipe and data; one thread under --quick."""
-    if threads is None and quick:
-        threads = 1
-    config, data = experiment_setup("degradation", seed=seed, data_dir=data_dir, quick=quick, threads=threads)
-    output = Path(output or default_output(name, quick))
-    return StudySetup(output, Path(networks or default_output("degradation", quick)), threads, config, data)
+    return Path(EXPERIMENT_OUTPUT) / (which + ("-quick" if quick else ""))
 
 
 def experiment_setup(
@@ -236,10 +232,10 @@ def experiment_setup(
     dataset: str | None = None,
     threads: int | None = None,
 ) -> tuple[TrainConfig, Dataset]:
-    """(the recipe, the data) that `run_experiment(which, ...)` trains with: the one place that decides them, so
-    that the experiments that reuse its networks ask for exactly the runs it makes.
+    """(the recipe, the data) that `run_experiment(which, ...)` trains with: RECIPES[which] and the data, so that
+    the experiments that reuse its networks ask for exactly the runs it makes.
 
-    --quick: 256 training images, one epoch of 4 steps, the first 256 test images, one thread; and the synthetic
+    --quick: EXPERIMENT_QUICK's training images, epochs, batch, test images and threads; and the synthetic
     stand-in when Fashion-MNIST is not installed (a pipeline check must run in CI).
     """
     if epochs is not None and epochs < 1:
@@ -247,7 +243,7 @@ def experiment_setup(
     if threads is not None and threads < 1:
         raise ReslabError(f"--threads: expected a positive number of threads, got {threads}")
     overrides: dict[str, Any] = {
-        "epochs": epochs or DEFAULT_EPOCHS[which],
+        "epochs": epochs,
         "seed": seed,
         "data_dir": data_dir,
         "threads": threads,
@@ -260,13 +256,30 @@ def experiment_setup(
             dataset = "synthetic"
     data = load_dataset(dataset, data_dir)
     if quick:
-        overrides.update(train_subset=QUICK["train_subset"], batch_size=QUICK["batch_size"])
-        overrides["threads"] = threads or QUICK["threads"]
-        overrides["epochs"] = epochs or QUICK["epochs"]
+        q = EXPERIMENT_QUICK
+        overrides.update(train_subset=q["train_subset"], batch_size=q["batch_size"])
+        overrides["threads"] = threads or q["threads"]
+        overrides["epochs"] = epochs or q["epochs"]
         data = dataclasses.replace(
-            data, test_images=data.test_images[: QUICK["test_size"]], test_labels=data.test_labels[: QUICK["test_size"]]
+            data, test_images=data.test_images[: q["test_size"]], test_labels=data.test_labels[: q["test_size"]]
         )
-    return experiment_config(dataset=dataset, **overrides), data
+    return make_config(which, dataset=dataset, **overrides), data
+
+
+def _verdict(which: str, results: Sequence[RunResult]) -> str:
+    """The experiment's verdict from each network's final errors, one per seed."""
+    groups = by_label(results)
+    if which == "degradation":
+        errors: dict[str, dict[int, list[float]]] = {"plain": {}, "residual": {}}
+        for rs in groups.values():
+            errors[rs[0].run.family][rs[0].run.depth] = [r.final_train_error for r in rs]
+        return degradation_verdict(errors["plain"], errors["residual"]).text
+    return shortcuts_verdict(
+        {
+            rs[0].run.model_kwargs["shortcut"]: ([r.final_train_error for r in rs], [r.final_test_error for r in rs])
+            for rs in groups.values()
+        }
+    )
 
 
 def run_experiment(
@@ -280,11 +293,17 @@ def run_experiment(
     quick: bool = False,
     dataset: str | None = None,
     threads: int | None = None,
+    seeds: int = 1,
 ) -> tuple[list[RunResult], str]:
-    """Run 'degradation' or 'shortcuts', write its outputs, print and return (results, verdict text)."""
-    if which not in DEFAULT_DEPTHS:
-        raise ReslabError(f"experiment: expected one of {', '.join(DEFAULT_DEPTHS)}, got {which!r}")
-    depths = tuple(depths or DEFAULT_DEPTHS[which])
+    """Run 'degradation' or 'shortcuts', write its outputs, print and return (results, verdict text).
+
+    seeds: each network is trained with seeds seed, seed + 1, ..., and the verdict is computed from their spread.
+    """
+    if seeds < 1:
+        raise ReslabError(f"--seeds: expected a positive number of seeds, got {seeds}")
+    if which not in EXPERIMENT_DEPTHS:
+        raise ReslabError(f"experiment: expected one of {', '.join(EXPERIMENT_DEPTHS)}, got {which!r}")
+    depths = tuple(depths or EXPERIMENT_DEPTHS[which])
     # --quick writes beside, not over, a real run's outputs
     output = Path(output or default_output(which, quick))
     config, data = experiment_setup(
@@ -301,17 +320,10 @@ def run_experiment(
         title += " (--quick: a pipeline check, not the finding)"
 
     t0 = time.perf_counter()
-    results = compare(runs, base_config=config, output=output, data=data, title=title)
+    seed_list = range(seed, seed + seeds)
+    results = compare(runs, base_config=config, output=output, data=data, title=title, seeds=seed_list)
     elapsed = time.perf_counter() - t0
-
-    if which == "degradation":
-        plain = {r.run.depth: r.final_train_error for r in results if r.run.family == "plain"}
-        residual = {r.run.depth: r.final_train_error for r in results if r.run.family == "residual"}
-        verdict = degradation_verdict(plain, residual).text
-    else:
-        verdict = shortcuts_verdict(
-            {r.run.model_kwargs["shortcut"]: (r.final_train_error, r.final_test_error) for r in results}
-        )
+    verdict = _verdict(which, results)
     if quick:
         verdict += "\n(--quick: too little training for the verdict to mean anything)"
     (output / "verdict.txt").write_text(verdict + "\n")

@@ -21,7 +21,6 @@ trains plain-110 and ResNet-110 with the degradation recipe first).
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,17 +28,12 @@ from typing import Any
 
 import torch
 
+from reslab.config import study_options
 from reslab.errors import ReslabError
-from reslab.experiments.degradation import degradation_runs, study_setup
-from reslab.experiments.harness import duration, machine_info, write_csv, write_study
-from reslab.experiments.networks import (
-    Network,
-    fixed_subset,
-    initial_network,
-    torch_threads,
-    trained_networks,
-    training_images,
-)
+from reslab.experiments.degradation import degradation_runs
+from reslab.experiments.harness import duration
+from reslab.experiments.networks import Network, fixed_subset, initial_network, trained_networks, training_images
+from reslab.experiments.study import Measured, Study, StudyRun, StudySetup, run_study
 from reslab.plots import pyplot
 from reslab.understand import (
     calibrate_bn,
@@ -49,8 +43,6 @@ from reslab.understand import (
     summarize_gradient_norms,
 )
 
-DEFAULTS = dict(depths=(20, 56, 110), trained_depths=(20, 56), batch=128, lines=4, points=65, span=0.25, max_lag=8)
-QUICK = dict(depths=(20, 32), trained_depths=(20,), batch=32, lines=2, points=17, span=0.25, max_lag=4)
 CALIBRATION_IMAGES = 512  # BN statistics of a network at initialisation, from this many training images
 
 
@@ -249,130 +241,166 @@ def format_gradients_table(rows: list[dict[str, Any]], max_lag: int) -> str:
     return "\n".join(lines)
 
 
-def run_gradients(
-    *,
-    depths: Sequence[int] | None = None,
-    trained_depths: Sequence[int] | None = None,
-    networks: str | Path | None = None,
-    output: str | Path | None = None,
-    data_dir: str | None = None,
-    seed: int = 0,
-    quick: bool = False,
-    threads: int | None = None,
-    batch: int | None = None,
-    lines: int | None = None,
-    points: int | None = None,
-) -> tuple[dict[str, Any], str]:
-    """Gradient norms and input-gradient correlations of plain-D and ResNet-D for each D in `depths` at
-    initialisation, and for each D in `trained_depths` trained (the degradation networks, trained if missing);
-    writes its outputs, returns (doc, verdict).
+@dataclass(frozen=True)
+class GradientsInputs:
+    calibration: torch.Tensor  # training images whose statistics a network at initialisation's BN takes
+    batch_images: torch.Tensor  # the batch the gradient norms are taken on
+    batch_labels: torch.Tensor
+    line_images: torch.Tensor  # the test images a line is drawn through
+    line_index: list[int]  # their indices in the test set
+    seed: int  # of the lines' directions
 
-    batch: training images for the gradient norms; lines: test images a line is drawn through; points: points per
-    line, over t in [-0.25, 0.25] along a Gaussian direction (one standard deviation per normalised pixel).
-    """
-    d = QUICK if quick else DEFAULTS
-    depths = tuple(depths or d["depths"])
-    trained_depths = tuple(d["trained_depths"] if trained_depths is None else trained_depths)
-    batch, lines, points = batch or d["batch"], lines or d["lines"], points or d["points"]
-    span, max_lag = d["span"], d["max_lag"]
-    if not set(trained_depths) <= set(depths):
-        raise ReslabError(f"--trained-depths: expected depths among --depths {depths}, got {trained_depths}")
-    for flag, v, least in (("--batch", batch, 2), ("--lines", lines, 1), ("--points", points, 2 * max_lag + 1)):
-        if v < least:
-            raise ReslabError(f"{flag}: expected at least {least}, got {v}")
-    t_start = time.perf_counter()
-    output, networks, threads, config, data = study_setup(
-        "gradients", output=output, networks=networks, seed=seed, data_dir=data_dir, quick=quick, threads=threads
-    )
-    train_images, train_labels = training_images(config, data)
-    cal_images, _, _ = fixed_subset(train_images, train_labels, CALIBRATION_IMAGES, seed=seed + 1)
-    batch_images, batch_labels, _ = fixed_subset(train_images, train_labels, batch, seed=seed)
-    line_images, _, line_index = fixed_subset(data.test_images, data.test_labels, lines, seed=seed)
 
-    results = []
-    with torch_threads(threads):
-        machine = machine_info()
-        todo: list[tuple[Network, bool]] = []
-        for run in degradation_runs(depths):
-            todo.append((initial_network(run, config=config, data=data), True))
-        trained = trained_networks(degradation_runs(trained_depths), config=config, data=data, networks=networks)
-        todo += [(net, False) for net in trained]
-        for net, at_init in todo:
-            t0 = time.perf_counter()
-            if at_init:
-                calibrate_bn(net.model, net.inputs(cal_images))
-            m = measure(
-                net, net.inputs(batch_images), batch_labels, net.inputs(line_images), points=points, span=span,
-                max_lag=max_lag, seed=seed,
-            )  # fmt: skip
-            s = m["norm_summary"]
-            results.append(
-                {
-                    "label": net.label,
-                    "family": net.run.family,
-                    "depth": net.run.depth,
-                    "state": net.state,
-                    "first_over_last": s["first_over_last"],
-                    "growth_towards_input": s["growth_towards_input"],
-                    "correlation_lag1": m["correlation"][0],
-                    "time_s": time.perf_counter() - t0,
-                    **m,
-                }
-            )
-            print(
-                f"{net.label} ({net.state}): first/last conv gradient {s['first_over_last']:.3g}, lag-1 correlation "
-                f"{m['correlation'][0]:.2f} ({duration(results[-1]['time_s'])})",
-                flush=True,
-            )
+class GradientsStudy(Study):
+    """Gradient norms and input-gradient correlations of plain-D and ResNet-D for each D in the options' depths at
+    initialisation, and for each D in trained_depths trained. batch: training images for the gradient norms; lines:
+    test images a line is drawn through; points: points per line, over t in [-span, span] along a Gaussian direction
+    (one standard deviation per normalised pixel)."""
 
-    verdict = gradients_verdict(results).text
-    if quick:
-        verdict += "\n(--quick: networks trained for 4 steps on a tiny subset; a pipeline check, not the finding)"
-    output.mkdir(parents=True, exist_ok=True)
-    title = (
-        f"Gradients through depth: plain (dashed) vs residual (solid); norms on {batch} training images, "
-        f"correlations on {lines} lines of {points} points"
-    )
-    plot_gradients(results, output / "figure.png", title=title + (" (--quick)" if quick else ""))
-    table = format_gradients_table(results, max_lag)
-    layer_rows = [{"network": r["label"], "state": r["state"], **n} for r in results for n in r["norms"]]
-    write_csv(
-        output / "results.csv",
-        layer_rows,
-        ["network", "state", "index", "layer", "kind", "shortcut", "depth", "grad_norm", "weight_norm", "relative"],
-    )
-    corr_rows = [
-        {"network": r["label"], "state": r["state"], "lag": lag, "correlation": c, "directional_autocorrelation": a}
-        for r in results
-        for lag, c, a in zip(r["lag"], r["correlation"], r["directional_autocorrelation"], strict=True)
-    ]
-    write_csv(
-        output / "correlation.csv", corr_rows, ["network", "state", "lag", "correlation", "directional_autocorrelation"]
-    )
-    elapsed = time.perf_counter() - t_start
-    trained_by_label = {net.label: net for net in trained}
-    doc = {
-        "experiment": "gradients",
-        "settings": {
-            "depths": list(depths),
-            "trained_depths": list(trained_depths),
-            "batch": batch,
-            "lines": lines,
-            "points": points,
-            "span": span,
-            "max_lag": max_lag,
+    name, what = "gradients", "gradients"
+
+    def prepare(self, setup: StudySetup) -> GradientsInputs:
+        o = self.options
+        if not set(o.trained_depths) <= set(o.depths):
+            raise ReslabError(f"--trained-depths: expected depths among --depths {o.depths}, got {o.trained_depths}")
+        if o.points < 2 * o.max_lag + 1:
+            raise ReslabError(f"--points: expected at least {2 * o.max_lag + 1}, got {o.points}")
+        data, seed = setup.data, setup.seed
+        train_images, train_labels = training_images(setup.config, data)
+        calibration, _, _ = fixed_subset(train_images, train_labels, CALIBRATION_IMAGES, seed=seed + 1)
+        batch_images, batch_labels, _ = fixed_subset(train_images, train_labels, o.batch, seed=seed)
+        line_images, _, line_index = fixed_subset(data.test_images, data.test_labels, o.lines, seed=seed)
+        return GradientsInputs(calibration, batch_images, batch_labels, line_images, line_index, seed)
+
+    def networks(self, setup: StudySetup) -> list[Network]:
+        """Every depth at initialisation, then the trained_depths trained (the degradation networks)."""
+        config, data = setup.config, setup.data
+        at_init = [initial_network(run, config=config, data=data) for run in degradation_runs(self.options.depths)]
+        runs = degradation_runs(self.options.trained_depths)
+        return at_init + trained_networks(runs, config=config, data=data, networks=setup.networks)
+
+    def measure(self, net: Network, inputs: GradientsInputs) -> dict[str, Any]:
+        o = self.options
+        if net.state == "init":
+            calibrate_bn(net.model, net.inputs(inputs.calibration))
+        return measure(
+            net, net.inputs(inputs.batch_images), inputs.batch_labels, net.inputs(inputs.line_images),
+            points=o.points, span=o.span, max_lag=o.max_lag, seed=inputs.seed,
+        )  # fmt: skip
+
+    def done(self, m: Measured) -> str:
+        ratio, lag1 = m.value["norm_summary"]["first_over_last"], m.value["correlation"][0]
+        return (
+            f"{m.net.label} ({m.net.state}): first/last conv gradient {ratio:.3g}, lag-1 correlation {lag1:.2f} "
+            f"({duration(m.time_s)})"
+        )
+
+    def verdict(self, measured: list[Measured], inputs: GradientsInputs) -> str:
+        return gradients_verdict(_results(measured)).text
+
+    def title(self, inputs: GradientsInputs) -> str:
+        o = self.options
+        return (
+            f"Gradients through depth: plain (dashed) vs residual (solid); norms on {o.batch} training images, "
+            f"correlations on {o.lines} lines of {o.points} points"
+        )
+
+    def plot(self, measured: list[Measured], inputs: GradientsInputs, path: Path, *, title: str) -> None:
+        plot_gradients(_results(measured), path, title=title)
+
+    def table(self, measured: list[Measured]) -> str:
+        return format_gradients_table(_results(measured), self.options.max_lag)
+
+    def csvs(self, measured: list[Measured]) -> dict[str, tuple[list[dict[str, Any]], list[str]]]:
+        results = _results(measured)
+        layers = [{"network": r["label"], "state": r["state"], **n} for r in results for n in r["norms"]]
+        correlations = [
+            {"network": r["label"], "state": r["state"], "lag": lag, "correlation": c, "directional_autocorrelation": a}
+            for r in results
+            for lag, c, a in zip(r["lag"], r["correlation"], r["directional_autocorrelation"], strict=True)
+        ]
+        return {
+            "results.csv": (layers, LAYER_COLUMNS),
+            "correlation.csv": (
+                correlations,
+                ["network", "state", "lag", "correlation", "directional_autocorrelation"],
+            ),
+        }
+
+    def settings(self, inputs: GradientsInputs, setup: StudySetup) -> dict[str, Any]:
+        o = self.options
+        return {
+            "depths": list(o.depths),
+            "trained_depths": list(o.trained_depths),
+            "batch": o.batch,
+            "lines": o.lines,
+            "points": o.points,
+            "span": o.span,
+            "max_lag": o.max_lag,
             "calibration_images": CALIBRATION_IMAGES,
-            "line_test_indices": line_index,
-            "seed": seed,
-            "quick": quick,
-            "networks_dir": str(networks),
-        },
-        "machine": machine,
-        "load_average_1min_at_end": machine_info().get("load_average_1min"),
-        "time_s": elapsed,
-        "networks": [net.describe() for net in trained_by_label.values()],
-        "results": results,
-        "verdict": verdict,
-    }
-    write_study(output, "gradients", table=table, doc=doc, verdict=verdict, elapsed=elapsed)
-    return doc, verdict
+            "line_test_indices": inputs.line_index,
+            "seed": setup.seed,
+            "quick": setup.quick,
+            "networks_dir": str(setup.networks),
+        }
+
+    def document(self, measured: list[Measured], inputs: GradientsInputs) -> dict[str, Any]:
+        return {
+            "networks": [m.net.describe() for m in measured if m.net.state == "trained"],
+            "results": _results(measured),
+        }
+
+    def numbers(self, measured: list[Measured]) -> dict[str, dict[str, float | None]]:
+        keys = ("first_over_last", "growth_towards_input", "correlation_lag1")
+        return {f"{r['label']} ({r['state']})": {k: r[k] for k in keys} for r in _results(measured)}
+
+    def findings(self, measured: list[Measured], inputs: GradientsInputs) -> dict[str, bool | None]:
+        v = gradients_verdict(_results(measured))
+        return {
+            "plain gradients explode towards the input at initialisation": v.explodes_at_init,
+            "plain gradients shatter at initialisation": v.shatters_at_init,
+        }
+
+
+LAYER_COLUMNS = [
+    "network",
+    "state",
+    "index",
+    "layer",
+    "kind",
+    "shortcut",
+    "depth",
+    "grad_norm",
+    "weight_norm",
+    "relative",
+]
+
+
+def _results(measured: list[Measured]) -> list[dict[str, Any]]:
+    """One row per network and state, as gradients_verdict, the table and results.json read them."""
+    out = []
+    for x in measured:
+        net, m = x.net, x.value
+        s = m["norm_summary"]
+        out.append(
+            {
+                "label": net.label,
+                "family": net.run.family,
+                "depth": net.run.depth,
+                "state": net.state,
+                "first_over_last": s["first_over_last"],
+                "growth_towards_input": s["growth_towards_input"],
+                "correlation_lag1": m["correlation"][0],
+                "time_s": x.time_s,
+                **m,
+            }
+        )
+    return out
+
+
+def run_gradients(run: StudyRun | None = None, **options: Any) -> tuple[dict[str, Any], str]:
+    """The gradients study (`GradientsStudy`) with `run`'s shared settings and GradientsOptions' `options` (depths,
+    trained_depths, batch, lines, points; None or absent: the default, or the --quick value); writes its outputs,
+    returns (results.json's doc, the verdict)."""
+    run = run or StudyRun()
+    return run_study(GradientsStudy(study_options("gradients", quick=run.quick, **options)), run)

@@ -6,9 +6,10 @@ of final errors and the raw numbers. `reslab experiment degradation|shortcuts` a
 (reslab.experiments.degradation), and the networks the later experiments study come from it
 (reslab.experiments.networks).
 
-    from reslab.experiments import Run, compare, experiment_config
+    from reslab.config import make_config
+    from reslab.experiments import Run, compare
     runs = [Run("ResNet-20", "resnet20"), Run("ResNet-32", "resnet32")]
-    compare(runs, base_config=experiment_config(epochs=2), output="runs/experiments/depth")
+    compare(runs, base_config=make_config("degradation", epochs=2), output="runs/experiments/depth")
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import dataclasses
 import json
 import math
 import shutil
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from reslab.checkpoint import read_checkpoint
 from reslab.config import TrainConfig
 from reslab.device import describe_machine
 from reslab.errors import ReslabError
+from reslab.experiments.spread import Spread
 from reslab.plots import ErrorCurve, plot_error_curves
 from reslab.train import fit
 
@@ -56,6 +59,7 @@ class RunResult:
     history: list[dict[str, Any]]  # per epoch: epoch, train_error, test_error, train_loss, time_s, images_per_s
     params: int
     run_dir: str
+    seed: int = 0
 
     @property
     def final_train_error(self) -> float:
@@ -100,12 +104,14 @@ def compare(
     output: str | Path,
     data: Any = None,
     title: str = "",
+    seeds: Sequence[int] | None = None,
 ) -> list[RunResult]:
-    """Train every run with `base_config` (only the model differs) and write the comparison into `output`:
-
-    figure.png (training error dashed, test error solid, one panel per `Run.panel`), table.md (final errors),
-    results.csv (one row per run and epoch) and results.json (the config, the machine and every number).
+    """Train every run with `base_config` (only the model differs) once per seed, and write the comparison into
+    `output`: figure.png (training error dashed, test error solid, one panel per `Run.panel`; the mean over seeds),
+    table.md (final errors; over seeds their mean ± SEM and each seed's), results.csv (one row per run, seed and
+    epoch) and results.json (the config, the machine and every number, with each run's spread over seeds).
     `runs` are `Run`s or tuples (label, model, model_kwargs[, panel]). `data` is a loaded Dataset to share.
+    `seeds`: default base_config's seed alone.
     """
     runs = [r if isinstance(r, Run) else Run(*r) for r in runs]
     if not runs:
@@ -115,19 +121,23 @@ def compare(
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
 
-    results = train_runs(runs, base_config, output, data)
+    results = []
+    for seed in seeds or (base_config.seed,):
+        results += train_runs(runs, dataclasses.replace(base_config, seed=seed), output, data)
     write_results(results, output, config=base_config, title=title)
     return results
 
 
 def run_config(run: Run, base_config: TrainConfig, output: str | Path) -> TrainConfig:
-    """What `train_runs` trains `run` with: `base_config` with the run's model, in the folder output/runs/<slug>."""
+    """What `train_runs` trains `run` with: `base_config` with the run's model, in the folder output/runs/<slug>
+    (<slug>-seed<N> for a seed other than 0, so that each seed of a network has its own run)."""
+    seed = base_config.seed
     return dataclasses.replace(
         base_config,
         model=run.model,
         model_kwargs={**base_config.model_kwargs, **run.model_kwargs},
         output=str(Path(output) / "runs"),
-        name=slug(run.label),
+        name=slug(run.label) + (f"-seed{seed}" if seed else ""),
     )
 
 
@@ -135,7 +145,8 @@ def train_runs(runs: Sequence[Run], base_config: TrainConfig, output: Path, data
     """Train each run in turn (see `compare`); a finished run with the same settings is reused, not retrained."""
     results = []
     for i, run in enumerate(runs):
-        print(f"[{i + 1}/{len(runs)}] {run.label}: {run.model} {run.model_kwargs or ''}".rstrip(), flush=True)
+        seed = f", seed {base_config.seed}" if base_config.seed else ""
+        print(f"[{i + 1}/{len(runs)}] {run.label}{seed}: {run.model} {run.model_kwargs or ''}".rstrip(), flush=True)
         config = run_config(run, base_config, output)
         config = dataclasses.replace(config, resume=_resume_or_replace(Path(config.output) / config.name, config))
         t0 = time.perf_counter()
@@ -145,7 +156,8 @@ def train_runs(runs: Sequence[Run], base_config: TrainConfig, output: Path, data
                 f"experiment: the run {run.label!r} stopped early; its run folder is {fit_result.run_dir}"
             )
         params = sum(p.numel() for p in fit_result.model.parameters())
-        results.append(RunResult(run, _error_rows(fit_result.history), params, str(fit_result.run_dir)))
+        history = _error_rows(fit_result.history)
+        results.append(RunResult(run, history, params, str(fit_result.run_dir), config.seed))
         print(
             f"    {run.label}: training error {100 * results[-1].final_train_error:.2f}%, "
             f"test error {100 * results[-1].final_test_error:.2f}% ({time.perf_counter() - t0:.0f} s)",
@@ -187,6 +199,24 @@ def _resume_or_replace(run_dir: Path, config: TrainConfig) -> str | None:
     return None
 
 
+def by_label(results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
+    """Each run's results, one per seed, in the order the runs were given."""
+    out: dict[str, list[RunResult]] = {}
+    for r in results:
+        out.setdefault(r.run.label, []).append(r)
+    return out
+
+
+def final_errors(results: Sequence[RunResult], which: str = "train") -> dict[str, Spread | None]:
+    """label -> the final training (or test) error over its seeds; None where a seed has none (no test set)."""
+    key = "final_train_error" if which == "train" else "final_test_error"
+    out = {}
+    for label, rs in by_label(results).items():
+        values = [getattr(r, key) for r in rs]
+        out[label] = None if None in values else Spread(values)
+    return out
+
+
 def write_results(results: Sequence[RunResult], output: str | Path, *, config: TrainConfig, title: str = "") -> None:
     """figure.png, table.md, results.csv and results.json of a finished comparison."""
     output = Path(output)
@@ -194,35 +224,47 @@ def write_results(results: Sequence[RunResult], output: str | Path, *, config: T
     (output / "table.md").write_text(format_table(results) + "\n")
     with open(output / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["label", "model", "panel", "epoch", "train_error", "test_error", "train_loss", "time_s"])
+        w.writerow(["label", "model", "panel", "seed", "epoch", "train_error", "test_error", "train_loss", "time_s"])
         for r in results:
             for h in r.history:
                 w.writerow(
-                    [r.run.label, r.run.model, r.run.panel, h["epoch"]]
+                    [r.run.label, r.run.model, r.run.panel, r.seed, h["epoch"]]
                     + [_round(h[k]) for k in ("train_error", "test_error", "train_loss", "time_s")]
                 )
     machine = {**describe_machine(), "threads": config.threads or torch.get_num_threads()}
+    train, test = final_errors(results, "train"), final_errors(results, "test")
     doc = {
         "title": title,
-        "config": {k: v for k, v in config.to_dict().items() if k not in ("model", "model_kwargs", "name")},
+        "config": {k: v for k, v in config.to_dict().items() if k not in ("model", "model_kwargs", "name", "seed")},
+        "seeds": sorted({r.seed for r in results}),
         "machine": machine,
-        "runs": [
+        "runs": [_run_doc(r) for r in results],
+        "spread": [
             {
-                "label": r.run.label,
-                "model": r.run.model,
-                "model_kwargs": r.run.model_kwargs,
-                "panel": r.run.panel,
-                "params": r.params,
-                "run_dir": r.run_dir,
-                "final_train_error": r.final_train_error,
-                "final_test_error": r.final_test_error,
-                "time_s": r.time_s,
-                "history": r.history,
+                "label": label,
+                "final_train_error": train[label].describe(),
+                "final_test_error": None if test[label] is None else test[label].describe(),
             }
-            for r in results
+            for label in train
         ],
     }
     (output / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def _run_doc(r: RunResult) -> dict[str, Any]:
+    return {
+        "label": r.run.label,
+        "model": r.run.model,
+        "model_kwargs": r.run.model_kwargs,
+        "panel": r.run.panel,
+        "seed": r.seed,
+        "params": r.params,
+        "run_dir": r.run_dir,
+        "final_train_error": r.final_train_error,
+        "final_test_error": r.final_test_error,
+        "time_s": r.time_s,
+        "history": r.history,
+    }
 
 
 def _round(v: Any) -> Any:
@@ -230,33 +272,61 @@ def _round(v: Any) -> Any:
 
 
 def format_table(results: Sequence[RunResult]) -> str:
-    """A Markdown table of the final errors, one row per run."""
+    """A Markdown table of the final errors, one row per run; over several seeds, their mean ± SEM and each seed's
+    training error, and the time of all seeds."""
+    groups = by_label(results)
+    several = any(len(rs) > 1 for rs in groups.values())
     lines = [
         "| network | params | epochs | training error | test error | time |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for r in results:
-        test = "-" if r.final_test_error is None else f"{100 * r.final_test_error:.2f}%"
-        t = r.time_s
+    if several:
+        lines = [
+            "| network | params | epochs | seeds | training error (mean ± SEM) | test error (mean ± SEM) | "
+            "training error per seed | time |",
+            "|---|---:|---:|---:|---:|---:|---|---:|",
+        ]
+    train, test = final_errors(results, "train"), final_errors(results, "test")
+    for label, rs in groups.items():
+        r, t = rs[0], sum(x.time_s for x in rs)
+        time = f"{t:.0f} s" if t < 90 else f"{t / 60:.1f} min"
+        if several:
+            per_seed = ", ".join(f"{100 * x.final_train_error:.2f}%" for x in rs)
+            lines.append(
+                f"| {label} | {r.params:,} | {r.history[-1]['epoch']} | {len(rs)} | {_mean_sem(train[label])} | "
+                f"{'-' if test[label] is None else _mean_sem(test[label])} | {per_seed} | {time} |"
+            )
+            continue
+        test_error = "-" if r.final_test_error is None else f"{100 * r.final_test_error:.2f}%"
         lines.append(
-            f"| {r.run.label} | {r.params:,} | {r.history[-1]['epoch']} | "
-            f"{100 * r.final_train_error:.2f}% | {test} | {f'{t:.0f} s' if t < 90 else f'{t / 60:.1f} min'} |"
+            f"| {label} | {r.params:,} | {r.history[-1]['epoch']} | "
+            f"{100 * r.final_train_error:.2f}% | {test_error} | {time} |"
         )
     return "\n".join(lines)
 
 
+def _mean_sem(s: Spread) -> str:
+    return f"{100 * s.mean:.2f}%" + ("" if s.sem is None else f" ± {100 * s.sem:.2f}")
+
+
 def plot_comparison(results: Sequence[RunResult], path: str | Path, *, title: str = "") -> Path:
-    """The paper's Figure 6 style: one panel per `Run.panel`, training error dashed, test error solid."""
+    """The paper's Figure 6 style: one panel per `Run.panel`, training error dashed, test error solid; over several
+    seeds, the mean curve of each run."""
     panels: dict[str, list[ErrorCurve]] = {}
-    for r in results:
-        curve = ErrorCurve(
-            r.run.label,
-            [h["epoch"] for h in r.history],
-            [h["train_error"] for h in r.history],
-            [h["test_error"] for h in r.history],
-        )
-        panels.setdefault(r.run.panel, []).append(curve)
+    for label, rs in by_label(results).items():
+        epochs = [h["epoch"] for h in rs[0].history]
+        curve = ErrorCurve(label, epochs, _mean_curve(rs, "train_error"), _mean_curve(rs, "test_error"))
+        panels.setdefault(rs[0].run.panel, []).append(curve)
     return plot_error_curves(panels, path, title=title)
+
+
+def _mean_curve(rs: Sequence[RunResult], key: str) -> list[float | None]:
+    """Epoch by epoch, the mean of `key` over the seeds (None where a seed has none)."""
+    out = []
+    for rows in zip(*(r.history for r in rs), strict=True):
+        values = [row[key] for row in rows]
+        out.append(None if None in values else statistics.fmean(values))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ trained weights, Li et al.'s measure of non-convexity (section 6).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,17 +25,15 @@ import numpy as np
 import torch
 from matplotlib.colors import LogNorm
 
+from reslab.config import study_options
 from reslab.errors import ReslabError
-from reslab.experiments.degradation import degradation_runs, study_setup
-from reslab.experiments.harness import duration, machine_info, write_csv, write_study
-from reslab.experiments.networks import Network, fixed_subset, torch_threads, trained_networks, training_images
+from reslab.experiments.harness import duration
+from reslab.experiments.networks import Network, fixed_subset, training_images
+from reslab.experiments.study import Measured, Study, StudyRun, StudySetup, run_study
 from reslab.plots import pyplot
 from reslab.understand import hessian_extreme_eigenvalues, loss_surface, random_direction, summarize_surface
 
-# measured on the 2-core AMD EPYC (1 thread, load ~3): one loss on 500 images takes ~1.1 s for a 20-layer network,
-# ~3.3 s for a 56-layer one; 11 x 11 + 21 points for the four networks: ~20-30 min
-DEFAULTS = dict(depths=(20, 56), train_size=500, grid=13, line_points=21, span=1.0, radius=0.5)
-QUICK = dict(depths=(20,), train_size=64, grid=5, line_points=7, span=1.0, radius=0.5)
+RADIUS = 0.5  # the distance from the trained weights the loss rise is read at (filter-normalised units)
 HESSIAN = dict(size=256, steps=20)
 # contour levels shared by every panel, so that the same colour is the same loss everywhere (Li et al. draw
 # levels 0.5 apart from 0.1 to 10; on a log scale the basin's rim and the far plateau both stay readable)
@@ -191,109 +188,139 @@ def _csv_rows(label: str, surface: dict[str, Any], which: str) -> list[dict[str,
     ]
 
 
-def run_landscape(
-    *,
-    depths: Sequence[int] | None = None,
-    networks: str | Path | None = None,
-    output: str | Path | None = None,
-    data_dir: str | None = None,
-    seed: int = 0,
-    quick: bool = False,
-    threads: int | None = None,
-    train_size: int | None = None,
-    grid: int | None = None,
-    line_points: int | None = None,
-    span: float | None = None,
-    hessian: bool = False,
-) -> tuple[dict[str, Any], str]:
-    """1-D and 2-D slices of the training loss of plain-D and ResNet-D for each D in `depths`; writes its outputs,
-    returns (doc, verdict).
+@dataclass(frozen=True)
+class LandscapeInputs:
+    images: torch.Tensor  # the fixed subset of the training split every loss is taken on
+    labels: torch.Tensor
+    index: list[int]  # their indices in the training split
+    xs: list[float]  # the 2-D slice's coordinates along each axis
+    line: list[float]  # the 1-D slice's
+    seed: int  # of the directions and the Hessian's start
 
-    train_size images of the training split (a fixed subset drawn by `seed`, the same for every network); a
-    grid x grid slice over [-span, span]^2 and a line of line_points points over [-span, span]; the directions are
-    drawn from `seed`. hessian: also the Hessian's extreme eigenvalues (Lanczos, 20 products on 256 images).
-    """
-    d = QUICK if quick else DEFAULTS
-    depths = tuple(depths or d["depths"])
-    train_size, grid, line_points = train_size or d["train_size"], grid or d["grid"], line_points or d["line_points"]
-    span, radius = span or d["span"], d["radius"]
-    for flag, v, least in (("--train-size", train_size, 1), ("--grid", grid, 3), ("--line-points", line_points, 3)):
-        if v < least:
-            raise ReslabError(f"{flag}: expected at least {least}, got {v}")
-    if span < radius:
-        raise ReslabError(f"--span: expected at least {radius} (the distance the summary is taken at), got {span}")
-    t_start = time.perf_counter()
-    output, networks, threads, config, data = study_setup(
-        "landscape", output=output, networks=networks, seed=seed, data_dir=data_dir, quick=quick, threads=threads
-    )
-    images, labels, index = fixed_subset(*training_images(config, data), train_size, seed=seed)
-    xs = np.linspace(-span, span, grid).tolist()
-    line = np.linspace(-span, span, line_points).tolist()
-    with torch_threads(threads):
-        machine = machine_info()
-        nets: list[Network] = trained_networks(degradation_runs(depths), config=config, data=data, networks=networks)
-        surfaces, summaries, times, rows = {}, {}, {}, []
-        for net in nets:
-            t0 = time.perf_counter()
-            print(f"{net.label}: {grid}x{grid} + {line_points} losses on {len(labels)} training images", flush=True)
-            x = net.inputs(images)
-            g = torch.Generator().manual_seed(seed)
-            d1, d2 = random_direction(net.model, generator=g), random_direction(net.model, generator=g)
-            two = loss_surface(net.model, x, labels, [d1, d2], xs, xs, batch_size=500)
-            one = loss_surface(net.model, x, labels, [d1], line, batch_size=500)
-            summary = {
-                "2d": summarize_surface(two, radius=radius),
-                "1d": summarize_surface(one, radius=radius),
-                "hessian": None,
-            }
-            if hessian:
-                n = HESSIAN["size"]
-                summary["hessian"] = hessian_extreme_eigenvalues(
-                    net.model, x[:n], labels[:n], steps=HESSIAN["steps"], seed=seed
-                ) | {"images": min(n, len(labels))}
-            times[net.label] = time.perf_counter() - t0
-            surfaces[net.label] = {"2d": two, "1d": one}
-            summaries[net.label] = summary
-            rows += _csv_rows(net.label, one, "1d") + _csv_rows(net.label, two, "2d")
-            print(
-                f"    {net.label}: loss {summary['2d']['loss_center']:.3f} at the minimum, rise at r={radius:g} "
-                f"{summary['2d']['loss_rise']:.3g} ({duration(times[net.label])})",
-                flush=True,
+
+class LandscapeStudy(Study):
+    """1-D and 2-D slices of the training loss of plain-D and ResNet-D for each D in the options' depths:
+    train_size images of the training split (a fixed subset drawn by the seed, the same for every network); a grid x
+    grid slice over [-span, span]^2 and a line of line_points points over [-span, span], along directions drawn
+    from the seed. hessian: also the Hessian's extreme eigenvalues (Lanczos, HESSIAN's products and images)."""
+
+    name, what = "landscape", "landscape"
+    quick_note = "(--quick: networks trained for 4 steps on a tiny subset, a 5x5 grid; a pipeline check only)"
+
+    def prepare(self, setup: StudySetup) -> LandscapeInputs:
+        o = self.options
+        if o.span < RADIUS:
+            raise ReslabError(
+                f"--span: expected at least {RADIUS} (the distance the summary is taken at), got {o.span}"
             )
+        images, labels, index = fixed_subset(*training_images(setup.config, setup.data), o.train_size, seed=setup.seed)
+        xs = np.linspace(-o.span, o.span, o.grid).tolist()
+        line = np.linspace(-o.span, o.span, o.line_points).tolist()
+        return LandscapeInputs(images, labels, index, xs, line, setup.seed)
 
-    verdict = landscape_verdict(summaries, depths=depths, radius=radius).text
-    if quick:
-        verdict += "\n(--quick: networks trained for 4 steps on a tiny subset, a 5x5 grid; a pipeline check only)"
-    output.mkdir(parents=True, exist_ok=True)
-    title = f"Loss landscape (Li et al. 2018): {len(labels):,} training images, filter-normalised directions"
-    plot_landscapes(surfaces, output / "figure.png", depths=depths, title=title + (" (--quick)" if quick else ""))
-    table = format_landscape_table(summaries, times, radius)
-    write_csv(output / "results.csv", rows, ["network", "slice", "x", "y", "loss", "accuracy"])
-    elapsed = time.perf_counter() - t_start
-    doc = {
-        "experiment": "landscape",
-        "settings": {
-            "depths": list(depths),
-            "train_size": len(labels),
-            "grid": grid,
-            "line_points": line_points,
-            "span": span,
-            "radius": radius,
-            "direction_seed": seed,
-            "hessian": HESSIAN if hessian else None,
-            "quick": quick,
-            "networks_dir": str(networks),
+    def start(self, net: Network, inputs: LandscapeInputs) -> str:
+        o = self.options
+        return f"{net.label}: {o.grid}x{o.grid} + {o.line_points} losses on {len(inputs.labels)} training images"
+
+    def measure(self, net: Network, inputs: LandscapeInputs) -> dict[str, Any]:
+        x, labels = net.inputs(inputs.images), inputs.labels
+        g = torch.Generator().manual_seed(inputs.seed)
+        d1, d2 = random_direction(net.model, generator=g), random_direction(net.model, generator=g)
+        two = loss_surface(net.model, x, labels, [d1, d2], inputs.xs, inputs.xs, batch_size=500)
+        one = loss_surface(net.model, x, labels, [d1], inputs.line, batch_size=500)
+        summary = {
+            "2d": summarize_surface(two, radius=RADIUS),
+            "1d": summarize_surface(one, radius=RADIUS),
+            "hessian": None,
+        }
+        if self.options.hessian:
+            n = HESSIAN["size"]
+            summary["hessian"] = hessian_extreme_eigenvalues(
+                net.model, x[:n], labels[:n], steps=HESSIAN["steps"], seed=inputs.seed
+            ) | {"images": min(n, len(labels))}
+        return {"surfaces": {"2d": two, "1d": one}, "summary": summary}
+
+    def done(self, m: Measured) -> str:
+        s = m.value["summary"]["2d"]
+        return (
+            f"    {m.net.label}: loss {s['loss_center']:.3f} at the minimum, rise at r={RADIUS:g} "
+            f"{s['loss_rise']:.3g} ({duration(m.time_s)})"
+        )
+
+    def verdict(self, measured: list[Measured], inputs: LandscapeInputs) -> str:
+        return landscape_verdict(_summaries(measured), depths=self.options.depths, radius=RADIUS).text
+
+    def title(self, inputs: LandscapeInputs) -> str:
+        return f"Loss landscape (Li et al. 2018): {len(inputs.labels):,} training images, filter-normalised directions"
+
+    def plot(self, measured: list[Measured], inputs: LandscapeInputs, path: Path, *, title: str) -> None:
+        plot_landscapes(_surfaces(measured), path, depths=self.options.depths, title=title)
+
+    def table(self, measured: list[Measured]) -> str:
+        return format_landscape_table(_summaries(measured), {m.net.label: m.time_s for m in measured}, RADIUS)
+
+    def csvs(self, measured: list[Measured]) -> dict[str, tuple[list[dict[str, Any]], list[str]]]:
+        rows = []
+        for label, s in _surfaces(measured).items():
+            rows += _csv_rows(label, s["1d"], "1d") + _csv_rows(label, s["2d"], "2d")
+        return {"results.csv": (rows, ["network", "slice", "x", "y", "loss", "accuracy"])}
+
+    def settings(self, inputs: LandscapeInputs, setup: StudySetup) -> dict[str, Any]:
+        o = self.options
+        return {
+            "depths": list(o.depths),
+            "train_size": len(inputs.labels),
+            "grid": o.grid,
+            "line_points": o.line_points,
+            "span": o.span,
+            "radius": RADIUS,
+            "direction_seed": setup.seed,
+            "hessian": HESSIAN if o.hessian else None,
+            "quick": setup.quick,
+            "networks_dir": str(setup.networks),
             "directions": "filter-normalised, zero on BN and bias parameters (Li et al.'s --xignore biasbn); BN "
             "in eval mode on its running statistics",
-        },
-        "machine": machine,
-        "load_average_1min_at_end": machine_info().get("load_average_1min"),
-        "time_s": elapsed,
-        "networks": [net.describe() | {"time_s": times[net.label]} for net in nets],
-        "summaries": summaries,
-        "surfaces": surfaces,
-        "train_indices": index,
-        "verdict": verdict,
-    }
-    write_study(output, "landscape", table=table, doc=doc, verdict=verdict, elapsed=elapsed)
-    return doc, verdict
+        }
+
+    def document(self, measured: list[Measured], inputs: LandscapeInputs) -> dict[str, Any]:
+        return {
+            "networks": [m.net.describe() | {"time_s": m.time_s} for m in measured],
+            "summaries": _summaries(measured),
+            "surfaces": _surfaces(measured),
+            "train_indices": inputs.index,
+        }
+
+    def numbers(self, measured: list[Measured]) -> dict[str, dict[str, float | None]]:
+        return {
+            label: {
+                "loss at the minimum": s["2d"]["loss_center"],
+                f"loss rise at r={RADIUS:g}, 2-D": s["2d"]["loss_rise"],
+                f"loss rise at r={RADIUS:g}, 1-D": s["1d"]["loss_rise"],
+                "non-convex share of the grid": s["2d"]["nonconvex_fraction"],
+            }
+            for label, s in _summaries(measured).items()
+        }
+
+    def findings(self, measured: list[Measured], inputs: LandscapeInputs) -> dict[str, bool | None]:
+        v = landscape_verdict(_summaries(measured), depths=self.options.depths, radius=RADIUS)
+        out: dict[str, bool | None] = {}
+        for d in self.options.depths:
+            out[f"plain-{d}'s minimum is sharper than ResNet-{d}'s"] = v.plain_sharper[d]
+            out[f"plain-{d}'s slice is less convex than ResNet-{d}'s"] = v.plain_less_convex[d]
+        return out
+
+
+def _summaries(measured: list[Measured]) -> dict[str, dict[str, Any]]:
+    return {m.net.label: m.value["summary"] for m in measured}
+
+
+def _surfaces(measured: list[Measured]) -> dict[str, dict[str, Any]]:
+    return {m.net.label: m.value["surfaces"] for m in measured}
+
+
+def run_landscape(run: StudyRun | None = None, **options: Any) -> tuple[dict[str, Any], str]:
+    """The landscape study (`LandscapeStudy`) with `run`'s shared settings and LandscapeOptions' `options` (depths,
+    train_size, grid, line_points, span, hessian; None or absent: the default, or the --quick value); writes its
+    outputs, returns (results.json's doc, the verdict)."""
+    run = run or StudyRun()
+    return run_study(LandscapeStudy(study_options("landscape", quick=run.quick, **options)), run)

@@ -4,36 +4,40 @@ Veit, Wilber and Belongie (2016), "Residual Networks Behave Like Ensembles of Re
 one block of a trained residual network leaves every path that skipped it, so the test error barely moves, except at
 the blocks that change resolution (their shortcut is not an identity); deleting k random blocks raises the error
 smoothly with k; reordering blocks hurts little. A plain network has one path: removing a layer breaks it, and its
-error goes towards chance. The measurements are reslab.understand.lesion's; this module picks the networks (those
-`reslab experiment degradation` trained), a fixed subset of the test set, and writes the figure, table, numbers and
-a verdict computed from them.
+error goes towards chance. The measurements are reslab.understand.lesion's; this module is the study
+(reslab.experiments.study): a fixed subset of the test set, the measurement of each network, its rows, table, figure
+and a verdict computed from them. Its options and their defaults are reslab.config.LesionOptions.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from matplotlib.ticker import MaxNLocator
 
-from reslab.errors import ReslabError
-from reslab.experiments.degradation import degradation_runs, study_setup
-from reslab.experiments.harness import duration, machine_info, write_csv, write_study
-from reslab.experiments.networks import Network, fixed_subset, torch_threads, trained_networks
+from reslab.config import study_options
+from reslab.experiments.harness import duration
+from reslab.experiments.networks import Network, fixed_subset
+from reslab.experiments.study import Measured, Study, StudyRun, StudySetup, run_study
 from reslab.plots import pyplot
 from reslab.understand import evaluator, lesion_study, summarize_lesions
 
-# measured on the 2-core AMD EPYC (1 thread, load ~3): one evaluation of ResNet-56 on 500 images takes 2-4 s, and
-# each network needs 27 + 3*10 + 3*10 = 87 of them
-DEFAULTS = dict(depths=(56,), test_size=500, max_k=10, draws=3)
-QUICK = dict(depths=(20,), test_size=64, max_k=3, draws=2)
 NEAR_CHANCE = 0.05  # an intact test error within 5 points of chance: the network learned (almost) nothing
 HARMFUL = 0.05  # a deleted block that costs more than 5 points of test error is named in the verdict
+
+
+@dataclass(frozen=True)
+class LesionInputs:
+    images: torch.Tensor  # the fixed subset of the test set every network is scored on
+    labels: torch.Tensor
+    index: list[int]  # their indices in the test set
+    chance: float  # the test error of a guess: 1 - 1/classes
+    seed: int  # of the random deletions and swaps
 
 
 def harmful_blocks(study: dict[str, Any], *, threshold: float = HARMFUL) -> dict[str, Any]:
@@ -229,88 +233,99 @@ def format_lesion_table(summaries: dict[str, dict[str, Any]], times: dict[str, f
     return "\n".join(lines)
 
 
-def run_lesion(
-    *,
-    depths: Sequence[int] | None = None,
-    networks: str | Path | None = None,
-    output: str | Path | None = None,
-    data_dir: str | None = None,
-    seed: int = 0,
-    quick: bool = False,
-    threads: int | None = None,
-    test_size: int | None = None,
-    max_k: int | None = None,
-    draws: int | None = None,
-) -> tuple[dict[str, Any], str]:
-    """The lesion study of ResNet-D and plain-D for each D in `depths`; writes its outputs, returns (doc, verdict).
+class LesionStudy(Study):
+    """The lesion study of ResNet-D and plain-D for each D in the options' depths: test_size images of the test set
+    (a fixed subset drawn by the seed), each block deleted in turn, k = 1..max_k random blocks deleted and k random
+    pairs swapped, `draws` times each."""
 
-    networks: the degradation experiment's folder (default runs/experiments/degradation, or -quick); the networks
-    missing there are trained first. test_size images of the test set (a fixed subset drawn by `seed`), k = 1..max_k
-    random blocks deleted and k random pairs swapped, `draws` times each.
-    """
-    d = QUICK if quick else DEFAULTS
-    depths = tuple(depths or d["depths"])
-    test_size, max_k, draws = test_size or d["test_size"], max_k or d["max_k"], draws or d["draws"]
-    for flag, v in (("--test-size", test_size), ("--max-k", max_k), ("--draws", draws)):
-        if v < 1:
-            raise ReslabError(f"{flag}: expected a positive number, got {v}")
-    t_start = time.perf_counter()
-    output, networks, threads, config, data = study_setup(
-        "lesion", output=output, networks=networks, seed=seed, data_dir=data_dir, quick=quick, threads=threads
-    )
-    images, labels, index = fixed_subset(data.test_images, data.test_labels, test_size, seed=seed)
-    chance = 1 - 1 / data.num_classes
-    with torch_threads(threads):
-        machine = machine_info()
-        nets: list[Network] = trained_networks(degradation_runs(depths), config=config, data=data, networks=networks)
-        studies, summaries, times, rows = {}, {}, {}, []
-        for net in nets:
-            t0 = time.perf_counter()
-            print(f"{net.label}: lesion study on {len(labels)} test images", flush=True)
-            evaluate = evaluator(net.inputs(images), labels, batch_size=500)
-            study = lesion_study(net.model, evaluate, ks=tuple(range(1, max_k + 1)), draws=draws, seed=seed)
-            times[net.label] = time.perf_counter() - t0
-            studies[net.label] = {"family": net.run.family, "depth": net.run.depth, **study}
-            summaries[net.label] = summarize_lesions(study) | harmful_blocks(study)
-            rows += _rows(net.label, study)
-            print(f"    {net.label}: {duration(times[net.label])}", flush=True)
+    name, what = "lesion", "lesion study"
 
-    verdicts = []
-    for depth in depths:
-        verdicts.append(
-            lesion_verdict(summaries[f"ResNet-{depth}"], summaries[f"plain-{depth}"], chance=chance, depth=depth).text
+    def prepare(self, setup: StudySetup) -> LesionInputs:
+        data = setup.data
+        images, labels, index = fixed_subset(
+            data.test_images, data.test_labels, self.options.test_size, seed=setup.seed
         )
-    verdict = "\n\n".join(verdicts)
-    if quick:
-        verdict += "\n(--quick: networks trained for 4 steps on a tiny subset; a pipeline check, not the finding)"
+        return LesionInputs(images, labels, index, 1 - 1 / data.num_classes, setup.seed)
 
-    output.mkdir(parents=True, exist_ok=True)
-    title = f"Lesion study (Veit et al. 2016) on {len(labels):,} test images"
-    plot_lesions(studies, output / "figure.png", chance=chance, title=title + (" (--quick)" if quick else ""))
-    write_csv(output / "results.csv", rows, COLUMNS)
-    elapsed = time.perf_counter() - t_start
-    doc = {
-        "experiment": "lesion",
-        "settings": {
-            "depths": list(depths),
-            "test_size": len(labels),
-            "test_subset_seed": seed,
-            "ks": list(range(1, max_k + 1)),
-            "draws": draws,
-            "seed": seed,
-            "quick": quick,
-            "networks_dir": str(networks),
-        },
-        "machine": machine,
-        "load_average_1min_at_end": machine_info().get("load_average_1min"),
-        "time_s": elapsed,
-        "networks": [net.describe() | {"time_s": times[net.label]} for net in nets],
-        "summaries": summaries,
-        "studies": studies,
-        "test_indices": index,
-        "verdict": verdict,
-    }
-    write_study(
-        output, "lesion study", table=format_lesion_table(summaries, times), doc=doc, verdict=verdict, elapsed=elapsed
-    )
-    return doc, verdict
+    def start(self, net: Network, inputs: LesionInputs) -> str:
+        return f"{net.label}: lesion study on {len(inputs.labels)} test images"
+
+    def measure(self, net: Network, inputs: LesionInputs) -> dict[str, Any]:
+        o = self.options
+        evaluate = evaluator(net.inputs(inputs.images), inputs.labels, batch_size=500)
+        study = lesion_study(net.model, evaluate, ks=tuple(range(1, o.max_k + 1)), draws=o.draws, seed=inputs.seed)
+        return {"family": net.run.family, "depth": net.run.depth, **study}
+
+    def done(self, m: Measured) -> str:
+        return f"    {m.net.label}: {duration(m.time_s)}"
+
+    def verdict(self, measured: list[Measured], inputs: LesionInputs) -> str:
+        summaries = _summaries(measured)
+        return "\n\n".join(
+            lesion_verdict(summaries[f"ResNet-{d}"], summaries[f"plain-{d}"], chance=inputs.chance, depth=d).text
+            for d in self.options.depths
+        )
+
+    def title(self, inputs: LesionInputs) -> str:
+        return f"Lesion study (Veit et al. 2016) on {len(inputs.labels):,} test images"
+
+    def plot(self, measured: list[Measured], inputs: LesionInputs, path: Path, *, title: str) -> None:
+        plot_lesions({m.net.label: m.value for m in measured}, path, chance=inputs.chance, title=title)
+
+    def table(self, measured: list[Measured]) -> str:
+        return format_lesion_table(_summaries(measured), {m.net.label: m.time_s for m in measured})
+
+    def csvs(self, measured: list[Measured]) -> dict[str, tuple[list[dict[str, Any]], list[str]]]:
+        return {"results.csv": ([row for m in measured for row in _rows(m.net.label, m.value)], COLUMNS)}
+
+    def settings(self, inputs: LesionInputs, setup: StudySetup) -> dict[str, Any]:
+        o = self.options
+        return {
+            "depths": list(o.depths),
+            "test_size": len(inputs.labels),
+            "test_subset_seed": setup.seed,
+            "ks": list(range(1, o.max_k + 1)),
+            "draws": o.draws,
+            "seed": setup.seed,
+            "quick": setup.quick,
+            "networks_dir": str(setup.networks),
+        }
+
+    def document(self, measured: list[Measured], inputs: LesionInputs) -> dict[str, Any]:
+        return {
+            "networks": [m.net.describe() | {"time_s": m.time_s} for m in measured],
+            "summaries": _summaries(measured),
+            "studies": {m.net.label: m.value for m in measured},
+            "test_indices": inputs.index,
+        }
+
+    def numbers(self, measured: list[Measured]) -> dict[str, dict[str, float | None]]:
+        out = {}
+        for label, s in _summaries(measured).items():
+            kmax = max(s["random_mean"]) if s["random_mean"] else None
+            out[label] = {
+                "intact test error": s["baseline"],
+                "one block deleted (median)": s["single_median"],
+                f"{kmax} random blocks deleted": None if kmax is None else s["random_mean"][kmax],
+            }
+        return out
+
+    def findings(self, measured: list[Measured], inputs: LesionInputs) -> dict[str, bool | None]:
+        summaries, out = _summaries(measured), {}
+        for d in self.options.depths:
+            v = lesion_verdict(summaries[f"ResNet-{d}"], summaries[f"plain-{d}"], chance=inputs.chance, depth=d)
+            out[f"ResNet-{d} shrugs off one deleted block"] = v.residual_robust
+            out[f"plain-{d} collapses without one block"] = v.plain_collapses
+        return out
+
+
+def _summaries(measured: list[Measured]) -> dict[str, dict[str, Any]]:
+    return {m.net.label: summarize_lesions(m.value) | harmful_blocks(m.value) for m in measured}
+
+
+def run_lesion(run: StudyRun | None = None, **options: Any) -> tuple[dict[str, Any], str]:
+    """The lesion study (`LesionStudy`) with `run`'s shared settings and LesionOptions' `options` (depths,
+    test_size, max_k, draws; None or absent: the default, or the --quick value); writes its outputs, returns
+    (results.json's doc, the verdict)."""
+    run = run or StudyRun()
+    return run_study(LesionStudy(study_options("lesion", quick=run.quick, **options)), run)
