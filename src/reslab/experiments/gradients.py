@@ -40,7 +40,7 @@ from reslab.experiments.networks import (
     trained_networks,
     training_images,
 )
-from reslab.plots import pyplot
+from reslab.plots import pyplot, save_figure
 from reslab.understand import (
     calibrate_bn,
     gradient_correlation,
@@ -229,8 +229,7 @@ def plot_gradients(results: list[dict[str, Any]], path: str | Path, *, title: st
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
 
 

@@ -30,7 +30,7 @@ from reslab.errors import ReslabError
 from reslab.experiments.degradation import degradation_runs, study_setup
 from reslab.experiments.harness import duration, machine_info, write_csv, write_study
 from reslab.experiments.networks import Network, fixed_subset, torch_threads, trained_networks, training_images
-from reslab.plots import pyplot
+from reslab.plots import pyplot, save_figure
 from reslab.understand import hessian_extreme_eigenvalues, loss_surface, random_direction, summarize_surface
 
 # measured on the 2-core AMD EPYC (1 thread, load ~3): one loss on 500 images takes ~1.1 s for a 20-layer network,
@@ -155,8 +155,7 @@ def plot_landscapes(surfaces: dict[str, dict[str, Any]], path: str | Path, *, de
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
 
 

@@ -25,7 +25,7 @@ from reslab.errors import ReslabError
 from reslab.experiments.degradation import degradation_runs, study_setup
 from reslab.experiments.harness import duration, machine_info, write_csv, write_study
 from reslab.experiments.networks import Network, fixed_subset, torch_threads, trained_networks
-from reslab.plots import pyplot
+from reslab.plots import pyplot, save_figure
 from reslab.understand import evaluator, lesion_study, summarize_lesions
 
 # measured on the 2-core AMD EPYC (1 thread, load ~3): one evaluation of ResNet-56 on 500 images takes 2-4 s, and
@@ -204,8 +204,7 @@ def plot_lesions(studies: dict[str, dict[str, Any]], path: str | Path, *, chance
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
 
 
