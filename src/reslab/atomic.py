@@ -29,6 +29,7 @@ from typing import BinaryIO
 from reslab.errors import ReslabError
 
 _TMP_PID = re.compile(r"\.tmp(\d+)")
+_WRITING: dict[Path, Path] = {}  # temporary path -> the file it becomes, for the writes in progress
 
 
 def describe_os_error(e: OSError) -> str:
@@ -95,6 +96,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     `path`."""
     path = Path(path)
     tmp = temporary_path(path)
+    _WRITING[tmp] = _WRITING.get(path, path)  # a writer nested in another (export's) names the file the user named
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
@@ -106,8 +108,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise cannot_write(path, e) from None
+            raise cannot_write(_WRITING[tmp], e) from None
         raise
+    finally:
+        _WRITING.pop(tmp, None)
     _fsync(path.parent, folder=True)
 
 
