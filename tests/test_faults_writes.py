@@ -303,9 +303,21 @@ def test_a_nan_weight_is_refused_on_every_load(run, tmp_path, image, capsys):
     ckpt["model"] = {**ckpt["model"], "fc.bias": ckpt["model"]["fc.bias"].clone()}
     ckpt["model"]["fc.bias"][3] = float("nan")
     torch.save(ckpt, tmp_path / "nan.pt")
-    for argv in (["eval", str(tmp_path / "nan.pt")], ["predict", str(tmp_path / "nan.pt"), str(image)]):
+    for argv in (
+        ["eval", str(tmp_path / "nan.pt")],
+        ["predict", str(tmp_path / "nan.pt"), str(image)],
+        ["convert", str(tmp_path / "nan.pt"), "-o", str(tmp_path / "converted.pt")],
+        ["train", "--dataset", "synthetic", "--pretrained", str(tmp_path / "nan.pt"), "--output", str(tmp_path)],
+    ):
         line = one_line_error(capsys, main(argv))
         assert "NaN or infinite" in line and "fc.bias" in line, argv
+    assert not (tmp_path / "converted.pt").exists()
+
+
+def test_a_run_folder_without_best_pt_says_so_when_its_run_had_one(run, tmp_path, capsys):
+    shutil.copy(run / "last.pt", tmp_path / "last.pt")
+    assert read_checkpoint(tmp_path)["path"] == str(tmp_path / "last.pt")
+    assert "has no best.pt although its run recorded a best validation accuracy" in capsys.readouterr().err
 
 
 def test_a_checkpoint_without_a_checksum_still_loads(run, tmp_path):

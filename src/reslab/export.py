@@ -311,6 +311,9 @@ def export_checkpoint(
     path = Path(output) if output is not None else output_path(ckpt["path"], fmt)
     if path.resolve() == Path(ckpt["path"]).resolve():
         raise ReslabError(f"-o {path}: is the checkpoint itself; choose another file")
+    if path.is_dir():  # found before the work, not at the final rename
+        example = path / output_path(ckpt["path"], fmt).name
+        raise ReslabError(f"-o {path}: is a folder; give a file name (e.g. {example})")
     trained = trained_model(ckpt)
     model = trained.model  # eval mode, CPU, fp32: the reference
     batch = image_batch(trained, images, invert=invert) if images else None

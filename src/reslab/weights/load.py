@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from reslab import __version__
-from reslab.checkpoint import FORMAT_VERSION, save_checkpoint
+from reslab.checkpoint import FORMAT_VERSION, check_integrity, non_finite_tensors, save_checkpoint
 from reslab.errors import ReslabError
 from reslab.formats import interrupted
 from reslab.models import build_model as build_architecture
@@ -179,8 +179,12 @@ def read_source(loc: Located, source_format: str | None = None) -> Source:
     if fmt is None:
         fmt = _detect(path, obj)
     if fmt == "reslab" and isinstance(obj, dict) and "format_version" in obj:
+        check_integrity(obj, path)  # its checksum, and finite weights
         return _reslab_checkpoint(obj, path)
     sd = _state_dict_of(obj, path)
+    if bad := non_finite_tensors(sd):  # weights from elsewhere: a NaN would train or predict as nonsense, silently
+        names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ReslabError(f"{path}: its weights hold NaN or infinite values ({names}): not usable weights")
     if fmt == "akamaster":
         sd = {("fc." + k[len("linear.") :] if k.startswith("linear.") else k): v for k, v in sd.items()}
     src = Source(fmt, sd)
