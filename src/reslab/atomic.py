@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
+import glob
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -27,6 +27,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from reslab.errors import ReslabError
+
+try:
+    import fcntl
+except ImportError:  # Windows: run folders are not locked there
+    fcntl = None
 
 _TMP_PID = re.compile(r"\.tmp(\d+)")
 _WRITING: dict[Path, Path] = {}  # temporary path -> the file it becomes, for the writes in progress
@@ -64,7 +69,7 @@ def _alive(pid: int) -> bool:
 def remove_stale_temporaries(path: Path) -> list[Path]:
     """Delete the temporary files of earlier writes of `path` whose process is gone (killed mid-write); returns them."""
     removed = []
-    for tmp in Path(path).parent.glob(f".{Path(path).name}.tmp*"):
+    for tmp in Path(path).parent.glob(f"{glob.escape('.' + Path(path).name)}.tmp*"):
         found = _TMP_PID.match(tmp.name[len(Path(path).name) + 1 :])
         if found and int(found.group(1)) != os.getpid() and not _alive(int(found.group(1))):
             with contextlib.suppress(OSError):
@@ -187,6 +192,8 @@ def claim_folder(folder: str | Path, *, flag: str, in_use_flag: str | None = Non
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise ReslabError(f"{flag}: cannot write in {str(folder)!r}: {describe_os_error(e)}") from None
+        if fcntl is None:
+            return FolderClaim(folder, fd, created)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -206,8 +213,9 @@ def claim_folder(folder: str | Path, *, flag: str, in_use_flag: str | None = Non
         if same:
             break
         os.close(fd)  # the previous holder unlinked this file as we opened it: lock the new one
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    with contextlib.suppress(OSError):  # who holds it, for the message of a run refused (a full disk: not said)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
     return FolderClaim(folder, fd, created)
 
 
