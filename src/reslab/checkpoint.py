@@ -40,7 +40,7 @@ from reslab.atomic import ensure_folder as ensure_folder  # re-exported: rundir,
 from reslab.config import TrainConfig
 from reslab.device import pick_device
 from reslab.errors import NonFiniteLossError, ReslabError
-from reslab.formats import read_safetensors
+from reslab.formats import check_description, read_safetensors
 from reslab.models import build_model
 
 FORMAT_VERSION = 2
@@ -275,6 +275,7 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if missing:
         raise ReslabError(f"checkpoint {str(p)!r}: incomplete: it has no {', '.join(map(repr, missing))}")
     check_integrity(ckpt, p)
+    check_description(ckpt, p)  # a checkpoint of an older reslab has no checksum: its entries are checked one by one
     if p.name == "last.pt" and Path(path).is_dir() and ckpt.get("best_val_acc") is not None:
         print(
             f"reslab: note: {str(path)!r} has no best.pt although its run recorded a best validation accuracy "

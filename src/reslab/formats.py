@@ -124,15 +124,15 @@ def check_description(desc: dict[str, Any], path: str | Path) -> None:
     """ReslabError naming `path` and the entry if a description read from a file has values no model can have."""
 
     def bad(key: str, expected: str) -> ReslabError:
-        return ReslabError(f"{str(path)!r}: its reslab metadata {key!r}: expected {expected}, found {desc[key]!r:.80}")
+        return ReslabError(f"{str(path)!r}: its description's {key!r}: expected {expected}, found {desc[key]!r:.80}")
 
     def positive_ints(v: Any, n: int) -> bool:
-        return isinstance(v, list) and len(v) == n and all(isinstance(d, int) and d > 0 for d in v)
+        return isinstance(v, list | tuple) and len(v) == n and all(isinstance(d, int) and d > 0 for d in v)
 
     if not positive_ints(desc["input_size"], 3):
         raise bad("input_size", "[channels, height, width] (positive integers)")
     classes = desc["classes"]
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+    if not isinstance(classes, list | tuple) or not classes or not all(isinstance(c, str) for c in classes):
         raise bad("classes", "a non-empty list of class names")
     if not isinstance(desc["model_kwargs"], dict) or not isinstance(desc["model_name"], str):
         raise bad("model_kwargs", "a model name and a dict of its arguments")
@@ -144,17 +144,17 @@ def check_description(desc: dict[str, Any], path: str | Path) -> None:
     channels = desc["input_size"][0]
     for key, positive in (("mean", False), ("std", True)):
         v = pre.get(key)
+        if v is None:  # not recorded: the dataset's own is used
+            continue
         ok = (
-            isinstance(v, list)
+            isinstance(v, list | tuple)
             and len(v) in (1, channels)
             and all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in v)
             and (not positive or all(x > 0 for x in v))
         )
         if not ok:
             what = f"1 or {channels} finite numbers" + (" above 0 (an image is divided by them)" if positive else "")
-            raise ReslabError(
-                f"{str(path)!r}: its reslab metadata preprocess {key!r}: expected {what}, found {v!r:.80}"
-            )
+            raise ReslabError(f"{str(path)!r}: its description's preprocess {key!r}: expected {what}, found {v!r:.80}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
