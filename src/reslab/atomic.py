@@ -158,6 +158,10 @@ def ensure_folder(folder: str | Path, *, flag: str) -> Path:
 LOCK_NAME = ".reslab.lock"
 
 
+class FolderInUse(ReslabError):
+    """Another live process holds the folder."""
+
+
 @dataclass
 class FolderClaim:
     """An exclusive claim on a folder: an flock on its lock file, held until `release()` or the process's end."""
@@ -201,7 +205,7 @@ def claim_folder(folder: str | Path, *, flag: str, in_use_flag: str | None = Non
             os.close(fd)
             busy = in_use_flag or flag
             other = f", or choose another {busy}" if busy in ("--name", "--output") else ""
-            raise ReslabError(
+            raise FolderInUse(
                 f"{busy}: {str(folder)!r} is in use by another {what}{holder}; wait for it to finish{other}"
             ) from None
         except OSError:  # a filesystem without locks (some network mounts): go on unclaimed, as before locks

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from reslab import distributed as D
-from reslab.atomic import FolderClaim, claim_folder, write_text
+from reslab.atomic import FolderClaim, FolderInUse, claim_folder, write_text
 from reslab.checkpoint import (
     EpochProgress,
     TrainState,
@@ -218,7 +218,16 @@ def find_resume_checkpoint(config: TrainConfig, *, restarted: bool | None = None
     if config.resume == "auto" and config.name is None and not D.under_torchrun():
         raise ReslabError("--resume auto: needs --name, the run folder under --output to continue")
     run_dir = Path(config.output) / (config.name or default_name(config))
-    claim_run_folder(run_dir, flag="--name")  # before looking in it: two runs started together never share it
+    for _ in range(100):
+        try:
+            claim_run_folder(run_dir, flag="--name")  # before looking in it: two runs started together never share it
+            break
+        except FolderInUse:
+            if config.name is not None or D.under_torchrun():
+                raise
+            run_dir = Path(config.output) / default_name(config)  # a run started in the same second: the next name
+    else:
+        raise ReslabError(f"--output: no free run folder name under {config.output!r}; give --name")
     last = run_dir / "last.pt"
     if last.is_file():
         if auto:
