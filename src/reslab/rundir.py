@@ -217,17 +217,7 @@ def find_resume_checkpoint(config: TrainConfig, *, restarted: bool | None = None
     auto = config.resume == "auto" or restarted
     if config.resume == "auto" and config.name is None and not D.under_torchrun():
         raise ReslabError("--resume auto: needs --name, the run folder under --output to continue")
-    run_dir = Path(config.output) / (config.name or default_name(config))
-    for _ in range(100):
-        try:
-            claim_run_folder(run_dir, flag="--name")  # before looking in it: two runs started together never share it
-            break
-        except FolderInUse:
-            if config.name is not None or D.under_torchrun():
-                raise
-            run_dir = Path(config.output) / default_name(config)  # a run started in the same second: the next name
-    else:
-        raise ReslabError(f"--output: no free run folder name under {config.output!r}; give --name")
+    run_dir = claim_named_run_folder(config)  # before looking in it: two runs started together never share it
     last = run_dir / "last.pt"
     if last.is_file():
         if auto:
@@ -355,6 +345,21 @@ def claim_run_folder(run_dir: Path, *, flag: str) -> None:
         _CLAIMS.append(claim_folder(run_dir, flag="--output", in_use_flag=flag))
     for line in recover_checkpoint_set(run_dir):
         print(f"{run_dir}: {line}", flush=True)
+
+
+def claim_named_run_folder(config: TrainConfig) -> Path:
+    """Claim --output/--name (claim_run_folder); without --name, the first default name no other run holds (two runs
+    started in the same second get two folders)."""
+    run_dir = Path(config.output) / (config.name or default_name(config))
+    for _ in range(100):
+        try:
+            claim_run_folder(run_dir, flag="--name")
+            return run_dir
+        except FolderInUse:
+            if config.name is not None or D.under_torchrun():
+                raise
+            run_dir = Path(config.output) / default_name(config)  # the other run's folder exists now: the next name
+    raise ReslabError(f"--output: no free run folder name under {config.output!r}; give --name")
 
 
 def release_run_folders() -> None:
