@@ -176,3 +176,17 @@ def test_more_threads_than_cores_are_capped_with_a_note(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"--threads {many} is more than the {usable_cpus()} CPUs" in out
     assert f"({usable_cpus()} threads)" in out
+
+
+def test_a_run_without_name_that_meets_a_folder_in_use_takes_the_next_name(tmp_path, monkeypatch):
+    from reslab import rundir
+    from reslab.atomic import claim_folder
+
+    monkeypatch.setattr(rundir.time, "strftime", lambda fmt: "20260101-000000")  # two runs in the same second
+    other = claim_folder(tmp_path / "resnet20-20260101-000000", flag="--output")
+    try:
+        config = make_config(**TINY, epochs=1, max_steps=1, val_size=0, output=str(tmp_path))
+        result = fit(config, data=data())
+    finally:
+        other.release()
+    assert result.run_dir == tmp_path / "resnet20-20260101-000000-2" and (result.run_dir / "last.pt").is_file()
