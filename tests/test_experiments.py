@@ -426,7 +426,7 @@ def test_missing_networks_are_trained_with_the_degradation_recipe_and_then_reuse
 def test_networks_made_otherwise_are_used_as_they_are_or_refused_never_deleted(
     quick_degradation, tmp_path, capsys, no_fashion_mnist
 ):
-    from reslab.checkpoint import read_checkpoint
+    from reslab.checkpoint import read_checkpoint, save_checkpoint
     from reslab.experiments import experiment_setup, trained_networks
     from reslab.experiments.degradation import degradation_runs
 
@@ -436,11 +436,11 @@ def test_networks_made_otherwise_are_used_as_they_are_or_refused_never_deleted(
     folder.mkdir(parents=True)
     run = degradation_runs((20,))[:1]
     ckpt["config"] = {**ckpt["config"], "seed": 7}  # finished, another seed: used, and said so
-    torch.save(ckpt, folder / "last.pt")
+    save_checkpoint(ckpt, folder / "last.pt")  # re-saved with its checksum: a torch.save would be a damaged file
     (net,) = trained_networks(run, config=config, data=data, networks=tmp_path)
     assert "as it was trained (1 epochs, seed 7" in capsys.readouterr().out and net.config.seed == 7
     ckpt["config"] = {**ckpt["config"], "epochs": 5}  # unfinished (1 of 5 epochs), other settings: refused
-    torch.save(ckpt, folder / "last.pt")
+    save_checkpoint(ckpt, folder / "last.pt")  # re-saved with its checksum: a torch.save would be a damaged file
     with pytest.raises(ReslabError, match="unfinished run made with other settings"):
         trained_networks(run, config=config, data=data, networks=tmp_path)
     assert (folder / "last.pt").is_file()

@@ -14,11 +14,12 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "reslab"
 # bottom first; a module may import from any lower layer and from its own package (reslab.models.*, reslab.data.*)
 LAYERS = [
     {"errors"},
+    {"atomic"},
     {"config"},
     {"device"},
     {"distributed"},
     {"models", "data", "plots"},
-    {"formats"},
+    {"formats", "memory"},
     {"checkpoint"},
     {"backends"},
     {"evaluate", "optim", "weights", "understand", "ema"},

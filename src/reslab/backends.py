@@ -132,6 +132,13 @@ def load_onnx(path: str | Path, *, threads: int | None = None) -> OnnxModel:
         raise ReslabError(
             f"ONNX file {str(path)!r}: its graph takes {runner.input_shape[1:]} but its metadata says {input_size}"
         )
+    outputs = runner.session.get_outputs()[0].shape
+    if len(outputs) != 2 or (isinstance(outputs[1], int) and outputs[1] != len(desc["classes"])):
+        raise ReslabError(
+            f"ONNX file {str(path)!r}: its graph gives outputs of shape {tuple(outputs)} but its metadata names "
+            f"{len(desc['classes'])} classes: the file was changed or not written by `reslab export`"
+        )
+    check_finite_onnx(runner, path)
     return OnnxModel(
         runner=runner,
         model_name=desc["model_name"],
@@ -143,3 +150,30 @@ def load_onnx(path: str | Path, *, threads: int | None = None) -> OnnxModel:
         epoch=desc.get("epoch"),
         path=str(path),
     )
+
+
+def check_finite_onnx(runner: OnnxRunner, path: str | Path) -> None:
+    """ReslabError if the file's weights hold a NaN or an infinity: named from its initializers where the `onnx`
+    package is installed, else seen as non-finite logits on a probe batch (a NaN weight reaches the logits)."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        onnx = None
+    if onnx is not None:
+        proto = onnx.load(str(path), load_external_data=False)
+        bad = [
+            t.name
+            for t in proto.graph.initializer
+            if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+            and not np.isfinite(numpy_helper.to_array(t)).all()
+        ]
+    else:
+        shape = [d if isinstance(d, int) else 1 for d in runner.input_shape]
+        probe = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+        bad = [] if bool(torch.isfinite(runner(probe)).all()) else ["(found by its output on a probe batch)"]
+    if bad:
+        names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ReslabError(
+            f"ONNX file {str(path)!r}: its weights hold NaN or infinite values ({names}): not a usable model"
+        )

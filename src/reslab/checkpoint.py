@@ -21,12 +21,12 @@ validation accuracy.
 from __future__ import annotations
 
 import dataclasses
-import errno
+import hashlib
 import io
-import os
 import pickle
 import re
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,12 @@ import torch
 from torch import nn
 
 from reslab import __version__
+from reslab.atomic import describe_os_error, remove_stale_temporaries, write_bytes, write_with
+from reslab.atomic import ensure_folder as ensure_folder  # re-exported: rundir, evaluate and predict import it here
 from reslab.config import TrainConfig
 from reslab.device import pick_device
 from reslab.errors import NonFiniteLossError, ReslabError
-from reslab.formats import read_safetensors
+from reslab.formats import check_description, read_safetensors
 from reslab.models import build_model
 
 FORMAT_VERSION = 2
@@ -113,99 +115,50 @@ class TrainState:
 # writing
 
 
-def _fsync_dir(folder: Path) -> None:
-    # the rename itself is only durable once the directory entry is on disk; not possible everywhere (Windows)
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Delete the temporary files of earlier writes of `path` that were killed mid-write (their process is gone)."""
-    for tmp in path.parent.glob(f".{path.name}.tmp*"):
-        pid = tmp.name.rsplit(".tmp", 1)[1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, but is another user's
-        return True
-    return True
-
-
-def _atomic_write(path: Path, write) -> Path:
-    """Run `write(file)` on a temporary file next to `path`, then rename it over `path`.
-
-    A crash or Ctrl-C at any point leaves either the old file or the new one, never a truncated mix: os.replace is
-    atomic within one filesystem, hence the temporary file in the same folder. A full disk or an unwritable folder
-    is a ReslabError naming the path; the previous file is then intact.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(path)
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise ReslabError(f"cannot write {str(path)!r}: {describe_os_error(e)}") from None
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def ensure_folder(folder: Path, *, flag: str) -> Path:
-    """Create `folder` (and its parents) and check that files can be written in it; a ReslabError naming `flag`
-    otherwise (a file in the way, no permission, a read-only or full filesystem)."""
-    folder = Path(folder)
-    for f in (*reversed(folder.parents), folder):
-        if f.exists() and not f.is_dir():
-            raise ReslabError(f"{flag}: {str(f)!r} is a file, not a folder; choose another {flag}")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ReslabError(f"{flag}: cannot write in {str(folder)!r}: {describe_os_error(e)}") from None
-    return folder
-
-
-def describe_os_error(e: OSError) -> str:
-    """What an OSError means for the user, in a few words (a full disk is said as such)."""
-    if e.errno == errno.ENOSPC:
-        return "no space left on the device (the previous file, if any, is intact; free some space and resume)"
-    if e.errno == errno.EDQUOT:
-        return "disk quota exceeded (the previous file, if any, is intact)"
-    return e.strerror or str(e)
-
-
 def non_finite_tensors(state_dict: dict[str, torch.Tensor]) -> list[str]:
     """The names of the floating-point tensors that hold a NaN or an infinity."""
-    return [k for k, t in state_dict.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    return [
+        k
+        for k, t in state_dict.items()
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
 
 
-def save_checkpoint(state: TrainState | dict[str, Any], path: str | Path) -> Path:
-    """Write `state` to `path` atomically (the previous file stays intact if this is interrupted).
+def payload_checksum(ckpt: dict[str, Any]) -> str:
+    """sha256 of everything a checkpoint dict holds but its own "checksum" and "path": every tensor's dtype, shape and
+    bytes, every other value's repr, in the dict's order. Stored in the file as "checksum", so that a flipped byte
+    (disk, copy or hand) is found on load instead of being evaluated as a model."""
+    h = hashlib.sha256()
 
-    A state whose model holds a NaN or an infinity is never written: NonFiniteLossError, the file on disk untouched.
+    def walk(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous()
+            h.update(f"tensor {t.dtype} {tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(v, dict):
+            h.update(b"{")
+            for k, x in v.items():
+                walk(k)
+                walk(x)
+            h.update(b"}")
+        elif isinstance(v, list | tuple):
+            h.update(b"[" if isinstance(v, list) else b"(")
+            for x in v:
+                walk(x)
+            h.update(b"]")
+        else:
+            h.update(f"{type(v).__name__} {v!r};".encode())
+
+    walk({k: v for k, v in ckpt.items() if k not in ("checksum", "path")})
+    return f"sha256:{h.hexdigest()}"
+
+
+def save_checkpoint(state: TrainState | dict[str, Any], path: str | Path, *, best: str | Path | None = None) -> Path:
+    """Write `state` to `path` atomically (the previous file stays intact if this is interrupted), with its checksum.
+
+    With `best`, the same bytes go to `best` first, then to `path`: a run's set (best.pt, last.pt) is then recoverable
+    after a kill at any instant (`recover_checkpoint_set`), and best.pt is only ever replaced by its successor.
+    A state whose model holds a NaN or an infinity is never written: NonFiniteLossError, the files on disk untouched.
     """
     d = state.to_dict() if isinstance(state, TrainState) else state
     bad = non_finite_tensors(d.get("model", {}))
@@ -214,17 +167,52 @@ def save_checkpoint(state: TrainState | dict[str, Any], path: str | Path) -> Pat
             f"not writing {str(path)!r}: {len(bad)} of the model's tensors are not finite "
             f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
         )
+    d = {k: v for k, v in d.items() if k not in ("checksum", "path")}
+    d["checksum"] = payload_checksum(d)
     # serialised in memory first: torch's own file writer reports a full disk as an opaque RuntimeError, a plain
     # write as the OSError (ENOSPC) it is
     buffer = io.BytesIO()
     torch.save(d, buffer)
-    return _atomic_write(Path(path), lambda f: f.write(buffer.getbuffer()))
+    for p in (best, path) if best is not None else (path,):
+        write_bytes(Path(p), buffer.getbuffer())
+    return Path(path)
 
 
 def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
-    """Copy a checkpoint file atomically (best.pt from last.pt, without serialising the state twice)."""
+    """Copy a checkpoint file atomically (without serialising the state twice)."""
     with open(src, "rb") as s:
-        return _atomic_write(Path(dst), lambda f: shutil.copyfileobj(s, f, 1 << 20))
+        return write_with(Path(dst), lambda f: shutil.copyfileobj(s, f, 1 << 20))
+
+
+def _step_of(path: Path) -> int | None:
+    """The "step" a checkpoint file records, read lazily (mmap: the tensors are not loaded); None if unreadable."""
+    try:
+        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("step")
+    except Exception:
+        return None
+    return step if isinstance(step, int) else None
+
+
+def recover_checkpoint_set(run_dir: str | Path) -> list[str]:
+    """Finish what a kill left of a run folder's checkpoint set; returns what was done, as lines to show.
+
+    best.pt is written before last.pt at an epoch that improves (save_checkpoint's `best`): a best.pt at a later step
+    than last.pt is the write of last.pt that the kill cut off, so it is completed by a copy. Temporary files of
+    writers that are gone are removed.
+    """
+    run_dir = Path(run_dir)
+    stale = [t for name in CHECKPOINT_NAMES for t in remove_stale_temporaries(run_dir / name)]
+    done = [f"removed {t.name}, left by a killed write" for t in stale]
+    best, last = run_dir / "best.pt", run_dir / "last.pt"
+    if best.is_file():
+        best_step, last_step = _step_of(best), _step_of(last) if last.is_file() else None
+        if best_step is not None and (last_step is None or best_step > last_step):
+            copy_checkpoint(best, last)
+            done.append(
+                f"completed the checkpoint set that a stop cut short: last.pt (step {last_step}) replaced by a copy "
+                f"of best.pt (step {best_step}), the newer state"
+            )
+    return done
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -286,8 +274,37 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     missing = [k for k in MODEL_KEYS if k not in ckpt]
     if missing:
         raise ReslabError(f"checkpoint {str(p)!r}: incomplete: it has no {', '.join(map(repr, missing))}")
+    check_integrity(ckpt, p)
+    check_description(ckpt, p)  # a checkpoint of an older reslab has no checksum: its entries are checked one by one
+    if p.name == "last.pt" and Path(path).is_dir() and ckpt.get("best_val_acc") is not None:
+        print(
+            f"reslab: note: {str(path)!r} has no best.pt although its run recorded a best validation accuracy "
+            f"({ckpt['best_val_acc']:.4f}); using last.pt (epoch {ckpt.get('epoch', '?')})",
+            file=sys.stderr,
+        )
     ckpt["path"] = str(p)
     return ckpt
+
+
+def check_integrity(ckpt: dict[str, Any], path: str | Path) -> None:
+    """ReslabError if the checkpoint's recorded checksum does not match what it holds (older checkpoints have none),
+    or if its weights hold a NaN or an infinity (reslab never writes such a checkpoint: it was damaged, or made by
+    something else)."""
+    recorded = ckpt.get("checksum")
+    if recorded is not None and recorded != payload_checksum(ckpt):
+        raise ReslabError(
+            f"checkpoint {str(path)!r}: damaged: what it holds no longer matches the checksum written with it (the "
+            "file was changed after it was saved: a disk or copy error, or an edit); use another checkpoint or "
+            "retrain"
+        )
+    for key in ("model", "live_model"):
+        weights = ckpt.get(key)
+        bad = non_finite_tensors(weights) if isinstance(weights, dict) else []
+        if bad:
+            names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise ReslabError(
+                f"checkpoint {str(path)!r}: its weights hold NaN or infinite values ({names}): not a usable model"
+            )
 
 
 # ----------------------------------------------------------------------------------------------------------------------

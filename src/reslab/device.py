@@ -136,3 +136,25 @@ def machine_line(info: dict[str, Any] | None = None) -> str:
         f"{info['cpu']}, {info['cores']} cores (torch uses {info['torch_threads']} threads){gpu}, "
         f"torch {info['torch']}, CPU bf16 {'yes' if info['cpu_bf16'] else 'no'}{load}"
     )
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or taskset's share, not the machine's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def usable_threads(requested: int, *, flag: str = "--threads") -> tuple[int, str | None]:
+    """(threads to use, a note or None): `requested` capped at usable_cpus().
+
+    Capped with a note rather than refused: a run's thread count travels in its checkpoint, and a run started on a
+    large machine must still resume on a small one; threads beyond the cores only wait for each other (OpenMP's
+    spinning made 2 threads on 1 free core 20x slower, experiments/degradation.py)."""
+    cpus = usable_cpus()
+    if requested <= cpus:
+        return requested, None
+    return cpus, (
+        f"{flag} {requested} is more than the {cpus} CPUs this process may use: using {cpus} (more threads than "
+        "cores only slow PyTorch down)"
+    )

@@ -21,9 +21,9 @@ beyond the format's tolerance is an error (the file is removed).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
-import os
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reslab.atomic import atomic_path, write_bytes
 from reslab.backends import INPUT_NAME, OUTPUT_NAME, check_input_size, load_onnx
 from reslab.checkpoint import model_from_checkpoint, read_checkpoint, trained_model
 from reslab.errors import ReslabError
@@ -114,18 +115,6 @@ def _quiet_exporter():
             lg.setLevel(level)
 
 
-def _replace_into(path: Path, write: Callable[[Path], None]) -> Path:
-    """`write(tmp)` then rename over `path`: an interrupted export never leaves a half-written file at `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")  # the suffix kept: torch.export checks it
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return (text.splitlines()[0] if text else type(e).__name__)[:300]
@@ -154,7 +143,9 @@ def export_onnx(model: nn.Module, desc: dict[str, Any], path: str | Path, *, ops
         raise ReslabError(f"--format onnx: torch.onnx.export failed for {desc['model_name']}: {_first_line(e)}") from e
     program.model.metadata_props.update(to_strings(desc))
     program.model.doc_string = f"{desc['model_name']} exported by reslab {desc['reslab_version']}"
-    return _replace_into(Path(path), lambda tmp: program.save(tmp, external_data=False))
+    with atomic_path(path) as tmp:  # onnx_ir writes by file name
+        program.save(tmp, external_data=False)
+    return Path(path)
 
 
 def export_pt2(model: nn.Module, desc: dict[str, Any], path: str | Path) -> Path:
@@ -166,7 +157,11 @@ def export_pt2(model: nn.Module, desc: dict[str, Any], path: str | Path) -> Path
     except Exception as e:
         raise ReslabError(f"--format pt2: torch.export failed for {desc['model_name']}: {_first_line(e)}") from e
     meta = json.dumps({**desc, "torch_version": torch.__version__})
-    return _replace_into(Path(path), lambda tmp: torch.export.save(program, tmp, extra_files={PT2_METADATA: meta}))
+    # serialised in memory, then written by reslab: torch's C++ zip writer, writing to a file on a full disk, aborts
+    # the whole process (exit 134) instead of raising; a plain write says ENOSPC
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={PT2_METADATA: meta})
+    return write_bytes(path, buffer.getbuffer())
 
 
 def load_pt2(path: str | Path) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:
@@ -307,8 +302,8 @@ def export_checkpoint(
 
     `format` defaults to what `output`'s suffix says, else onnx; `output` to the checkpoint's path with the format's
     suffix. `images` (files) are prepared as `reslab predict` prepares them and join the random batches in the
-    verification. Raises ReslabError if the export fails, or if verification finds a difference beyond TOLERANCE
-    (after removing the file).
+    verification. Raises ReslabError if the export fails, or if verification finds a difference beyond TOLERANCE;
+    the file appears at its path only once verified.
     """
     fmt = resolve_format(format, output)
     ckpt = read_checkpoint(checkpoint)
@@ -316,42 +311,44 @@ def export_checkpoint(
     path = Path(output) if output is not None else output_path(ckpt["path"], fmt)
     if path.resolve() == Path(ckpt["path"]).resolve():
         raise ReslabError(f"-o {path}: is the checkpoint itself; choose another file")
+    if path.is_dir():  # found before the work, not at the final rename
+        example = path / output_path(ckpt["path"], fmt).name
+        raise ReslabError(f"-o {path}: is a folder; give a file name (e.g. {example})")
     trained = trained_model(ckpt)
     model = trained.model  # eval mode, CPU, fp32: the reference
     batch = image_batch(trained, images, invert=invert) if images else None
-    if fmt == "onnx":
-        export_onnx(model, desc, path, opset=opset)
-    elif fmt == "pt2":
-        export_pt2(model, desc, path)
-    else:
-        write_safetensors(ckpt, path)
     result = ExportResult(path=path, format=fmt, tolerance=TOLERANCE[fmt])
-    if not quiet:
-        size = path.stat().st_size / 1e6
-        c, h, w = desc["input_size"]
-        print(
-            f"exported {ckpt['path']} ({desc['model_name']}, {c}x{h}x{w} input, {len(desc['classes'])} classes) "
-            f"to {path} ({size:.1f} MB, {fmt})"
-        )
-    if not verify:
-        return result
-    try:
-        candidate, notes = _artefact_runner(fmt, path, ckpt)
-        result.notes = notes
-        result.checks = compare(model, candidate, verification_inputs(desc["input_size"], batch))
-    except ReslabError:
-        path.unlink(missing_ok=True)
-        raise
-    if not quiet:
-        print(format_checks(result))
-    if not result.verified:
-        path.unlink(missing_ok=True)
-        worst = max(result.checks, key=lambda c: c.relative_diff)
-        raise ReslabError(
-            f"verification failed: {fmt} export differs from eager PyTorch by {worst.max_abs_diff:.3g} on "
-            f"{worst.label} (tolerance {result.tolerance:g} x max(1, largest |logit| = {worst.scale:.3g})); "
-            f"{path} was removed (--no-verify keeps an unverified file)"
-        )
+    # written and verified under a temporary name: the file appears at `path` only once verified (or with
+    # --no-verify), so a failure, a full disk or Ctrl-C during verification leaves the previous file, if any
+    with atomic_path(path) as tmp:
+        if fmt == "onnx":
+            export_onnx(model, desc, tmp, opset=opset)
+        elif fmt == "pt2":
+            export_pt2(model, desc, tmp)
+        else:
+            write_safetensors(ckpt, tmp)
+        if not quiet:
+            size = tmp.stat().st_size / 1e6
+            c, h, w = desc["input_size"]
+            print(
+                f"exported {ckpt['path']} ({desc['model_name']}, {c}x{h}x{w} input, {len(desc['classes'])} classes) "
+                f"to {path} ({size:.1f} MB, {fmt})"
+            )
+        if verify:
+            candidate, notes = _artefact_runner(fmt, tmp, ckpt)
+            result.notes = notes
+            result.checks = compare(model, candidate, verification_inputs(desc["input_size"], batch))
+            del candidate  # ONNX Runtime and torch.export hold the file open
+            if not quiet:
+                print(format_checks(result))
+            if not result.verified:
+                worst = max(result.checks, key=lambda c: c.relative_diff)
+                raise ReslabError(
+                    f"verification failed: {fmt} export differs from eager PyTorch by {worst.max_abs_diff:.3g} on "
+                    f"{worst.label} (tolerance {result.tolerance:g} x max(1, largest |logit| = {worst.scale:.3g})); "
+                    f"the unverified file was removed and {path} left as it was (--no-verify keeps an unverified "
+                    "file)"
+                )
     return result
 
 

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from reslab import __version__
+from reslab.atomic import write_bytes
 from reslab.data.transforms import MEAN, STD
 from reslab.errors import ReslabError
 
@@ -40,8 +42,21 @@ def require(module: str, what: str) -> Any:
     """Import an optional dependency, or a ReslabError saying how to install it."""
     try:
         return importlib.import_module(module)
-    except ImportError:
+    except ImportError as e:
+        if interrupted(e):  # Ctrl-C during the import: a C extension's init reports it as an ImportError
+            raise KeyboardInterrupt from None
         raise ReslabError(f"{what} needs the Python package {module.split('.')[0]!r}: {EXTRA_HINT}") from None
+
+
+def interrupted(e: BaseException) -> bool:
+    """Whether `e` was caused by a KeyboardInterrupt (pybind11 turns one raised in a module's init into ImportError)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def fashion_mnist_preprocess(in_chans: int = 1) -> dict[str, Any]:
@@ -101,7 +116,45 @@ def from_strings(strings: dict[str, str], path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise ReslabError(f"{str(path)!r}: its reslab metadata is not valid JSON ({e})") from None
     desc.setdefault("format_version", FORMAT_VERSION)
+    check_description(desc, path)
     return desc
+
+
+def check_description(desc: dict[str, Any], path: str | Path) -> None:
+    """ReslabError naming `path` and the entry if a description read from a file has values no model can have."""
+
+    def bad(key: str, expected: str) -> ReslabError:
+        return ReslabError(f"{str(path)!r}: its description's {key!r}: expected {expected}, found {desc[key]!r:.80}")
+
+    def positive_ints(v: Any, n: int) -> bool:
+        return isinstance(v, list | tuple) and len(v) == n and all(isinstance(d, int) and d > 0 for d in v)
+
+    if not positive_ints(desc["input_size"], 3):
+        raise bad("input_size", "[channels, height, width] (positive integers)")
+    classes = desc["classes"]
+    if not isinstance(classes, list | tuple) or not classes or not all(isinstance(c, str) for c in classes):
+        raise bad("classes", "a non-empty list of class names")
+    if not isinstance(desc["model_kwargs"], dict) or not isinstance(desc["model_name"], str):
+        raise bad("model_kwargs", "a model name and a dict of its arguments")
+    pre = desc.get("preprocess")
+    if pre is None:
+        return
+    if not isinstance(pre, dict):
+        raise bad("preprocess", "a dict")
+    channels = desc["input_size"][0]
+    for key, positive in (("mean", False), ("std", True)):
+        v = pre.get(key)
+        if v is None:  # not recorded: the dataset's own is used
+            continue
+        ok = (
+            isinstance(v, list | tuple)
+            and len(v) in (1, channels)
+            and all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+            and (not positive or all(x > 0 for x in v))
+        )
+        if not ok:
+            what = f"1 or {channels} finite numbers" + (" above 0 (an image is divided by them)" if positive else "")
+            raise ReslabError(f"{str(path)!r}: its description's preprocess {key!r}: expected {what}, found {v!r:.80}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -112,12 +165,11 @@ def write_safetensors(ckpt: dict[str, Any], path: str | Path) -> Path:
     """The weights of `ckpt` (its "model" state_dict, buffers included) and its description, in one .safetensors."""
     st = require("safetensors.torch", "writing a .safetensors file")
     tensors = {k: v.detach().cpu().contiguous() for k, v in ckpt["model"].items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # weights only: no training config (a checkpoint with one would look like a run to continue or evaluate)
     desc = {k: v for k, v in describe(ckpt).items() if k not in ("config", "epoch")}
-    st.save_file(tensors, str(path), metadata=to_strings(desc))
-    return path
+    # serialised in memory, written atomically by reslab: safetensors' own file writer reports a full disk as its own
+    # error type and leaves a partial file
+    return write_bytes(Path(path), st.save(tensors, metadata=to_strings(desc)))
 
 
 def read_safetensors(path: str | Path) -> dict[str, Any]:

@@ -6,12 +6,15 @@ matplotlib is imported inside the functions so that importing reslab stays fast 
 
 from __future__ import annotations
 
+import io
 import math
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from reslab.atomic import write_bytes
 
 
 def pyplot():
@@ -23,6 +26,18 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: str | Path, *, dpi: int) -> Path:
+    """Render `fig` in memory, close it, and write the file atomically (reslab.atomic): a full disk leaves the previous
+    image whole, never a truncated one."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
+    finally:
+        pyplot().close(fig)
+    return write_bytes(path, buffer.getbuffer())
 
 
 def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -45,7 +60,6 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, *, title: s
     """
     plt = pyplot()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     xs, ys = _series(history, "train_loss")
@@ -70,8 +84,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, *, title: s
         ax.xaxis.get_major_locator().set_params(integer=True)
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return path
 
 
@@ -87,7 +100,6 @@ def plot_confusion_matrix(
 
     plt = pyplot()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     counts = np.asarray(cm.cpu() if hasattr(cm, "cpu") else cm, dtype=np.int64)
     k = len(classes)
@@ -116,8 +128,7 @@ def plot_confusion_matrix(
     total = int(counts.sum())
     acc = float(np.trace(counts)) / max(total, 1)
     ax.set_title(title or f"confusion matrix: {100 * acc:.2f}% of {total:,} correct")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return path
 
 
@@ -179,7 +190,5 @@ def plot_error_curves(panels: dict[str, list[ErrorCurve]], path: str | Path, *, 
     if title:
         fig.suptitle(textwrap.fill(title, width=int(11 * fig.get_figwidth())))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return path

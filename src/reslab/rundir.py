@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import time
 from collections.abc import Collection, Iterator, Sequence
@@ -20,14 +21,15 @@ import torch
 from torch import nn
 
 from reslab import distributed as D
+from reslab.atomic import FolderClaim, FolderInUse, claim_folder, write_text
 from reslab.checkpoint import (
     EpochProgress,
     TrainState,
-    copy_checkpoint,
     describe_os_error,
     ensure_folder,
     non_finite_tensors,
     read_checkpoint,
+    recover_checkpoint_set,
     save_checkpoint,
 )
 from reslab.config import TrainConfig
@@ -70,9 +72,11 @@ class RunCheckpoints:
     world_size: int
     ema: EMA | None = None  # the weights' moving average (--ema): saved as "model", the weights as "live_model"
 
-    def save_last(self, pos: RunPosition, *, step: int, step_in_epoch: int, progress: EpochProgress) -> None:
-        """Write last.pt for global step `step`; NonFiniteLossError (and nothing written) if the weights are not
-        finite, ReslabError (every rank) if the file cannot be written."""
+    def save_last(
+        self, pos: RunPosition, *, step: int, step_in_epoch: int, progress: EpochProgress, best: bool = False
+    ) -> None:
+        """Write last.pt for global step `step` (with `best`, best.pt first, the same bytes); NonFiniteLossError (and
+        nothing written) if the weights are not finite, ReslabError (every rank) if the file cannot be written."""
         self.check_finite(pos, step)
         error = None
         if self.is_main:
@@ -96,7 +100,7 @@ class RunCheckpoints:
                 live_model=self.model.state_dict() if self.ema is not None else None,
             )
             try:
-                save_checkpoint(state, self.run_dir / "last.pt")
+                save_checkpoint(state, self.run_dir / "last.pt", best=self.run_dir / "best.pt" if best else None)
             except ReslabError as e:
                 error = str(e)
         error = D.broadcast_object(error)  # a full disk on rank 0 stops every rank, with rank 0's message
@@ -122,10 +126,6 @@ class RunCheckpoints:
         if pos.saved_step is None:
             return "no checkpoint had been written yet"
         return f"{self.run_dir / 'last.pt'} holds step {pos.saved_step}, with finite weights (untouched)"
-
-    def copy_to_best(self) -> None:
-        if self.is_main:
-            copy_checkpoint(self.run_dir / "last.pt", self.run_dir / "best.pt")
 
 
 def nothing_to_do(ckpt: dict[str, Any], config: TrainConfig) -> str | None:
@@ -207,6 +207,8 @@ def find_resume_checkpoint(config: TrainConfig, *, restarted: bool | None = None
         p = Path(config.resume)
         if p.is_dir():
             p = p / "last.pt"
+        if p.parent.is_dir():
+            claim_run_folder(p.parent, flag="--resume")  # before reading it: no other run writes there meanwhile
         if not p.is_file():
             raise ReslabError(f"--resume: no checkpoint at {str(p)!r} (expected a last.pt or a run folder)")
         return p.parent, p
@@ -215,7 +217,7 @@ def find_resume_checkpoint(config: TrainConfig, *, restarted: bool | None = None
     auto = config.resume == "auto" or restarted
     if config.resume == "auto" and config.name is None and not D.under_torchrun():
         raise ReslabError("--resume auto: needs --name, the run folder under --output to continue")
-    run_dir = Path(config.output) / (config.name or default_name(config))
+    run_dir = claim_named_run_folder(config)  # before looking in it: two runs started together never share it
     last = run_dir / "last.pt"
     if last.is_file():
         if auto:
@@ -289,6 +291,7 @@ def plan_run(config: TrainConfig, explicit: Collection[str] | None, *, restarted
         )
     if explicit is not None and "name" in explicit and Path(config.output) / config.name != run_dir:
         run_dir = Path(config.output) / config.name  # continue in a new folder: the old one is left as it is
+        claim_run_folder(run_dir, flag="--name")
         if (run_dir / "last.pt").exists():
             raise ReslabError(f"--name: {str(run_dir)!r} already holds a run (last.pt); choose another --name")
     else:
@@ -332,6 +335,39 @@ def decide_run(config: TrainConfig, explicit: Collection[str] | None, dist_info:
     return decision[1]
 
 
+_CLAIMS: list[FolderClaim] = []  # the run folders this process holds (rank 0), released when fit() returns
+
+
+def claim_run_folder(run_dir: Path, *, flag: str) -> None:
+    """Claim `run_dir` for this run (another live run there: a ReslabError naming `flag`), then finish what a kill
+    left of its checkpoint set (reslab.checkpoint.recover_checkpoint_set), saying what it did."""
+    if not any(c.folder == run_dir for c in _CLAIMS):
+        _CLAIMS.append(claim_folder(run_dir, flag="--output", in_use_flag=flag))
+    for line in recover_checkpoint_set(run_dir):
+        print(f"{run_dir}: {line}", flush=True)
+
+
+def claim_named_run_folder(config: TrainConfig) -> Path:
+    """Claim --output/--name (claim_run_folder); without --name, the first default name no other run holds (two runs
+    started in the same second get two folders)."""
+    run_dir = Path(config.output) / (config.name or default_name(config))
+    for _ in range(100):
+        try:
+            claim_run_folder(run_dir, flag="--name")
+            return run_dir
+        except FolderInUse:
+            if config.name is not None or D.under_torchrun():
+                raise
+            run_dir = Path(config.output) / default_name(config)  # the other run's folder exists now: the next name
+    raise ReslabError(f"--output: no free run folder name under {config.output!r}; give --name")
+
+
+def release_run_folders() -> None:
+    """Let go of the run folders this process claimed; one that its run created and left empty is removed."""
+    while _CLAIMS:
+        _CLAIMS.pop().release()
+
+
 @contextlib.contextmanager
 def _writing(path: Path) -> Iterator[None]:
     """An OSError while writing `path` (a full disk, say) becomes a ReslabError naming it."""
@@ -342,20 +378,18 @@ def _writing(path: Path) -> Iterator[None]:
 
 
 def write_config(run_dir: Path, config: TrainConfig) -> None:
-    path = run_dir / "config.json"
-    with _writing(path):
-        path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
 
 def write_metrics(run_dir: Path, history: Sequence[dict[str, Any]]) -> None:
     """metrics.csv: one row per finished epoch."""
     if not history:
         return
-    path = run_dir / "metrics.csv"
-    with _writing(path), open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]))
-        w.writeheader()
-        w.writerows(history)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=list(history[0]))
+    w.writeheader()
+    w.writerows(history)
+    write_text(run_dir / "metrics.csv", text.getvalue())
 
 
 def write_plots(

@@ -31,12 +31,13 @@ from reslab import distributed as D
 from reslab.checkpoint import EpochProgress, TrainState, model_from_checkpoint
 from reslab.config import TrainConfig
 from reslab.data import Dataset, folder_options, input_pipeline, load_dataset, make_loaders, make_splits
-from reslab.device import amp_name, amp_warning, configure_device, resolve_amp
+from reslab.device import amp_name, amp_warning, configure_device, resolve_amp, usable_threads
 from reslab.ema import EMA
 from reslab.errors import NonFiniteLossError, ReslabError
 from reslab.evaluate import evaluate
 from reslab.finetune import freeze_backbone, pretrained_model, weights_preprocess
 from reslab.loop import EpochResult, StopRequest, train_one_epoch
+from reslab.memory import check_training_memory
 from reslab.models import build_model
 from reslab.optim import Schedule, build_optimizer
 from reslab.rundir import (
@@ -44,6 +45,7 @@ from reslab.rundir import (
     RunPosition,
     decide_run,
     nothing_to_do,
+    release_run_folders,
     restore,
     write_config,
     write_metrics,
@@ -80,6 +82,7 @@ def fit(config: TrainConfig, *, data: Dataset | None = None, explicit: Collectio
     try:
         return _fit(config, data, explicit, dist_info, t_start)
     finally:
+        release_run_folders()  # the claim on the run folder (an empty one this run created is removed)
         D.cleanup(dist_info)
         torch.set_num_threads(threads)  # --threads is for this run, not for the rest of the caller's process
 
@@ -94,7 +97,11 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
         return _result_of(plan.checkpoint, config, run_dir)
 
     if config.threads:
-        torch.set_num_threads(config.threads)
+        threads, note = usable_threads(config.threads)
+        if note is not None:
+            say(f"note: {note}")
+        torch.set_num_threads(threads)
+    check_training_memory(config, device)
     configure_device(device)
     if (warning := amp_warning(config.amp, device)) is not None:
         say(f"warning: {warning}")
@@ -356,12 +363,11 @@ def _end_epoch(
         f"time {row['time_s']:.1f} sec, {row['images_per_s']:.0f} img/s",
         flush=True,
     )
-    ckpt.save_last(pos, step=pos.step, step_in_epoch=0, progress=EpochProgress())
+    # without a validation split there is nothing to choose by: best.pt is the latest epoch
+    best = improved or "val" not in loaders
+    ckpt.save_last(pos, step=pos.step, step_in_epoch=0, progress=EpochProgress(), best=best)
     if ckpt.is_main:
         write_metrics(ckpt.run_dir, pos.history)
-    if improved or "val" not in loaders:
-        # without a validation split there is nothing to choose by: best.pt is the latest epoch
-        ckpt.copy_to_best()
     shown = "test" if "test" in loaders else "val"  # the data may have no test split
     return evals[shown].confusion if shown in evals else None
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reslab.atomic import write_bytes
 from reslab.errors import DataError
 
 UBYTE = 0x08  # the only element type Fashion-MNIST uses
@@ -85,5 +86,4 @@ def write_idx(path: str | Path, array: np.ndarray) -> Path:
     data = idx_bytes(array)
     if path.suffix == ".gz":
         data = gzip.compress(data, compresslevel=1, mtime=0)
-    path.write_bytes(data)
-    return path
+    return write_bytes(path, data)

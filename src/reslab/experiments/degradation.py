@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reslab.atomic import write_text
 from reslab.config import EXPERIMENT_DEPTHS, EXPERIMENT_OUTPUT, EXPERIMENT_QUICK, TrainConfig, make_config
 from reslab.data import Dataset, find_data_dir, load_dataset
 from reslab.errors import ReslabError
@@ -326,7 +327,7 @@ def run_experiment(
     verdict = _verdict(which, results)
     if quick:
         verdict += "\n(--quick: too little training for the verdict to mean anything)"
-    (output / "verdict.txt").write_text(verdict + "\n")
+    write_text(output / "verdict.txt", verdict + "\n")
     print()
     print(format_table(results))
     print()

@@ -34,7 +34,7 @@ from reslab.experiments.degradation import degradation_runs
 from reslab.experiments.harness import duration
 from reslab.experiments.networks import Network, fixed_subset, initial_network, trained_networks, training_images
 from reslab.experiments.study import Measured, Study, StudyRun, StudySetup, run_study
-from reslab.plots import pyplot
+from reslab.plots import pyplot, save_figure
 from reslab.understand import (
     calibrate_bn,
     gradient_correlation,
@@ -221,8 +221,7 @@ def plot_gradients(results: list[dict[str, Any]], path: str | Path, *, title: st
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import shutil
@@ -28,6 +29,7 @@ from typing import Any
 
 import torch
 
+from reslab.atomic import write_text
 from reslab.checkpoint import read_checkpoint
 from reslab.config import TrainConfig
 from reslab.device import describe_machine
@@ -221,16 +223,17 @@ def write_results(results: Sequence[RunResult], output: str | Path, *, config: T
     """figure.png, table.md, results.csv and results.json of a finished comparison."""
     output = Path(output)
     plot_comparison(results, output / "figure.png", title=title)
-    (output / "table.md").write_text(format_table(results) + "\n")
-    with open(output / "results.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["label", "model", "panel", "seed", "epoch", "train_error", "test_error", "train_loss", "time_s"])
-        for r in results:
-            for h in r.history:
-                w.writerow(
-                    [r.run.label, r.run.model, r.run.panel, r.seed, h["epoch"]]
-                    + [_round(h[k]) for k in ("train_error", "test_error", "train_loss", "time_s")]
-                )
+    write_text(output / "table.md", format_table(results) + "\n")
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(["label", "model", "panel", "seed", "epoch", "train_error", "test_error", "train_loss", "time_s"])
+    for r in results:
+        for h in r.history:
+            w.writerow(
+                [r.run.label, r.run.model, r.run.panel, r.seed, h["epoch"]]
+                + [_round(h[k]) for k in ("train_error", "test_error", "train_loss", "time_s")]
+            )
+    write_text(output / "results.csv", f.getvalue())
     machine = {**describe_machine(), "threads": config.threads or torch.get_num_threads()}
     train, test = final_errors(results, "train"), final_errors(results, "test")
     doc = {
@@ -248,7 +251,7 @@ def write_results(results: Sequence[RunResult], output: str | Path, *, config: T
             for label in train
         ],
     }
-    (output / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
+    write_text(output / "results.json", json.dumps(doc, indent=1) + "\n")
 
 
 def _run_doc(r: RunResult) -> dict[str, Any]:
@@ -352,16 +355,15 @@ def _json_safe(value: Any) -> Any:
 def write_json(path: str | Path, doc: dict[str, Any]) -> Path:
     """`doc` as indented JSON, non-finite floats as null."""
     path = Path(path)
-    path.write_text(json.dumps(_json_safe(doc), indent=1) + "\n")
-    return path
+    return write_text(path, json.dumps(_json_safe(doc), indent=1) + "\n")
 
 
 def write_study(output: Path, what: str, *, table: str, doc: dict[str, Any], verdict: str, elapsed: float) -> None:
     """The outputs every study writes besides its figure and CSV: table.md, results.json and verdict.txt in `output`;
     then the table, the verdict and where they are, printed."""
-    (output / "table.md").write_text(table + "\n")
+    write_text(output / "table.md", table + "\n")
     write_json(output / "results.json", doc)
-    (output / "verdict.txt").write_text(verdict + "\n")
+    write_text(output / "verdict.txt", verdict + "\n")
     print()
     print(table)
     print()
@@ -372,14 +374,13 @@ def write_study(output: Path, what: str, *, table: str, doc: dict[str, Any], ver
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
     """One row per dict, the given columns in order (a missing key is an empty cell); floats to 7 significant
     digits (gradient norms span 1e-8..1e3, so not a fixed number of decimals)."""
-    path = Path(path)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        for row in rows:
-            values = [row.get(c) for c in columns]
-            w.writerow(["" if v is None else f"{v:.7g}" if isinstance(v, float) else v for v in values])
-    return path
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(columns)
+    for row in rows:
+        values = [row.get(c) for c in columns]
+        w.writerow(["" if v is None else f"{v:.7g}" if isinstance(v, float) else v for v in values])
+    return write_text(path, f.getvalue())
 
 
 def duration(seconds: float) -> str:

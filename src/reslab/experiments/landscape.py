@@ -30,7 +30,7 @@ from reslab.errors import ReslabError
 from reslab.experiments.harness import duration
 from reslab.experiments.networks import Network, fixed_subset, training_images
 from reslab.experiments.study import Measured, Study, StudyRun, StudySetup, run_study
-from reslab.plots import pyplot
+from reslab.plots import pyplot, save_figure
 from reslab.understand import hessian_extreme_eigenvalues, loss_surface, random_direction, summarize_surface
 
 RADIUS = 0.5  # the distance from the trained weights the loss rise is read at (filter-normalised units)
@@ -152,8 +152,7 @@ def plot_landscapes(surfaces: dict[str, dict[str, Any]], path: str | Path, *, de
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
 
 

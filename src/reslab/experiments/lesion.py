@@ -24,7 +24,7 @@ from reslab.config import study_options
 from reslab.experiments.harness import duration
 from reslab.experiments.networks import Network, fixed_subset
 from reslab.experiments.study import Measured, Study, StudyRun, StudySetup, run_study
-from reslab.plots import pyplot
+from reslab.plots import pyplot, save_figure
 from reslab.understand import evaluator, lesion_study, summarize_lesions
 
 NEAR_CHANCE = 0.05  # an intact test error within 5 points of chance: the network learned (almost) nothing
@@ -208,8 +208,7 @@ def plot_lesions(studies: dict[str, dict[str, Any]], path: str | Path, *, chance
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
 
 

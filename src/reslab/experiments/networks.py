@@ -25,6 +25,7 @@ from torch import nn
 from reslab.checkpoint import read_checkpoint, trained_model
 from reslab.config import TrainConfig
 from reslab.data import Dataset, make_splits, prepare_batch
+from reslab.device import usable_threads
 from reslab.errors import ReslabError
 from reslab.experiments.harness import Run, run_config, same_settings, train_runs
 from reslab.models import build_model
@@ -156,6 +157,9 @@ def torch_threads(threads: int | None) -> Iterator[None]:
     if threads is not None:
         if threads < 1:
             raise ReslabError(f"--threads: expected a positive number of threads, got {threads}")
+        threads, note = usable_threads(threads)
+        if note is not None:
+            print(f"note: {note}")
         torch.set_num_threads(threads)
     try:
         yield

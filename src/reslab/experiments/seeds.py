@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from reslab.experiments.spread import Spread
-from reslab.plots import pyplot
+from reslab.plots import pyplot, save_figure
 
 Numbers = dict[str, dict[str, float | None]]  # label -> quantity -> value, for one seed
 
@@ -93,6 +93,4 @@ def plot_spreads(table: dict[str, dict[str, Spread | None]], path: Path, *, titl
         ax.grid(alpha=0.3)
     fig.suptitle(title + " (mean ± SEM over seeds; dots: each seed)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

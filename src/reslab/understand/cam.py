@@ -21,6 +21,7 @@ and keeps its running statistics), parameters, requires_grad, .grad (autograd.gr
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from reslab.atomic import write_bytes
 from reslab.errors import ReslabError
 from reslab.understand.common import eval_mode
 
@@ -182,6 +184,6 @@ def cam_overlay(image: Any, cam: torch.Tensor | np.ndarray, *, alpha: float = 0.
 def save_cam_overlay(path: str | Path, image: Any, cam: torch.Tensor | np.ndarray, **kwargs: Any) -> Path:
     """Write `cam_overlay(image, cam, **kwargs)` to `path` (PNG unless the suffix says otherwise); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cam_overlay(image, cam, **kwargs).save(path)
-    return path
+    buffer = io.BytesIO()
+    cam_overlay(image, cam, **kwargs).save(buffer, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+    return write_bytes(path, buffer.getbuffer())  # atomic: a full disk leaves no 0-byte or truncated image

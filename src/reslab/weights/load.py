@@ -31,6 +31,7 @@ import json
 import math
 import pickle
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,9 @@ import torch
 from torch import nn
 
 from reslab import __version__
-from reslab.checkpoint import FORMAT_VERSION, save_checkpoint
+from reslab.checkpoint import FORMAT_VERSION, check_integrity, non_finite_tensors, save_checkpoint
 from reslab.errors import ReslabError
+from reslab.formats import interrupted
 from reslab.models import build_model as build_architecture
 from reslab.models import model_entry
 from reslab.models.registry import nearest_names
@@ -187,8 +189,12 @@ def read_source(loc: Located, source_format: str | None = None) -> Source:
     if fmt is None:
         fmt = _detect(path, obj)
     if fmt == "reslab" and isinstance(obj, dict) and "format_version" in obj:
+        check_integrity(obj, path)  # its checksum, and finite weights
         return _reslab_checkpoint(obj, path)
     sd = _state_dict_of(obj, path)
+    if bad := non_finite_tensors(sd):  # weights from elsewhere: a NaN would train or predict as nonsense, silently
+        names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ReslabError(f"{path}: its weights hold NaN or infinite values ({names}): not usable weights")
     if fmt == "akamaster":
         sd = {("fc." + k[len("linear.") :] if k.startswith("linear.") else k): v for k, v in sd.items()}
     src = Source(fmt, sd)
@@ -214,7 +220,9 @@ def _read_tensors(path: Path) -> Any:
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file  # optional: only timm's .safetensors files need it
-        except ImportError:
+        except ImportError as e:
+            if interrupted(e):
+                raise KeyboardInterrupt from None
             raise ReslabError(
                 f"{path}: reading .safetensors files needs the 'safetensors' package: pip install safetensors"
             ) from None
@@ -327,6 +335,39 @@ def _timm_hub_without_config(files: HubFiles, src: Source) -> None:
     src.notes.append(f"no config.json in the cache: architecture {src.model_name} from the repository's name; {where}")
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# timm config fields reslab reads: (what a valid value is, what the message says was expected)
+TIMM_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "architecture": (lambda v: isinstance(v, str), "a model name (a string)"),
+    "num_classes": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+    "input_size": (
+        lambda v: isinstance(v, list | tuple) and len(v) == 3 and all(isinstance(d, int) and d > 0 for d in v),
+        "[channels, height, width] (positive integers)",
+    ),
+    "crop_pct": (lambda v: _is_number(v) and 0 < v <= 2, "a number in (0, 2]"),
+    "interpolation": (lambda v: isinstance(v, str), "a string (bilinear, bicubic)"),
+    "crop_mode": (lambda v: isinstance(v, str), "a string (center)"),
+    "mean": (lambda v: isinstance(v, list | tuple) and len(v) in (1, 3) and all(map(_is_number, v)), "1 or 3 numbers"),
+    "std": (
+        lambda v: isinstance(v, list | tuple) and len(v) in (1, 3) and all(_is_number(x) and x > 0 for x in v),
+        "1 or 3 positive numbers",
+    ),
+    "label_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+}
+
+
+def _check_timm_types(cfg_file: Path, *configs: dict[str, Any]) -> None:
+    """ReslabError naming the file and field if a field reslab reads has the wrong type or value."""
+    for cfg in configs:
+        for key, (ok, expected) in TIMM_FIELDS.items():
+            value = cfg.get(key)
+            if value is not None and not ok(value):
+                raise ReslabError(f"{cfg_file}: {key!r}: expected {expected}, found {json.dumps(value)[:80]}")
+
+
 def _read_timm_config(path: Path, src: Source) -> None:
     cfg_file = _timm_config_file(path)
     if cfg_file is None:
@@ -337,7 +378,10 @@ def _read_timm_config(path: Path, src: Source) -> None:
         cfg = json.loads(cfg_file.read_text())
     except (OSError, ValueError) as e:
         raise ReslabError(f"{cfg_file}: not a readable JSON file ({e})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("pretrained_cfg") or {}, dict):
+        raise ReslabError(f"{cfg_file}: expected a timm config (a JSON object, its pretrained_cfg an object)")
     pcfg = dict(cfg.get("pretrained_cfg") or cfg)  # timm's hub format, or the legacy single dict
+    _check_timm_types(cfg_file, cfg, pcfg)
     arch = cfg.get("architecture") or pcfg.get("architecture")
     if arch:
         src.model_name, src.model_kwargs = timm_architecture(arch)
