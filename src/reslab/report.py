@@ -83,7 +83,8 @@ def write_state(run_dir: Path, state: dict[str, Any]) -> None:
 
 def _as_command(argv: Sequence[str]) -> str | None:
     """The command line that started this process, when it was `reslab ...` (not Python calling fit())."""
-    if not argv or Path(argv[0]).name not in ("reslab", "__main__.py"):
+    program = Path(argv[0]) if argv else Path()
+    if not (program.name == "reslab" or (program.name == "__main__.py" and program.parent.name == "reslab")):
         return None
     return shlex.join(["reslab", *argv[1:]])
 
@@ -416,8 +417,11 @@ def _values(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], l
     return xs, ys
 
 
-def curves_png(history: Sequence[dict[str, Any]], lr_curve: tuple[list[float], list[float]] | None) -> bytes:
-    """Loss, accuracies and the learning rate per epoch; `lr_curve` (epochs, lr): the schedule at every step."""
+def curves_png(
+    history: Sequence[dict[str, Any]], lr_curve: tuple[list[float], list[float]] | None, *, epochs: int | None = None
+) -> bytes:
+    """Loss, accuracies and the learning rate per epoch; `lr_curve` (epochs, lr): the schedule at every step.
+    `epochs`: the run's length, the x axes' extent (a run in progress shows how far it has come)."""
     plt = pyplot()
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
     ax_loss.plot(*_values(history, "train_loss"), "o-", color="C0", label="train")
@@ -435,10 +439,15 @@ def curves_png(history: Sequence[dict[str, Any]], lr_curve: tuple[list[float], l
     else:
         ax_lr.plot(*_values(history, "lr"), "o-", color="C3")
     ax_lr.set_title("learning rate")
+    last = max([epochs or 0, *(row["epoch"] for row in history)])
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlim(0, last + 0.2)
+        if last <= 12:  # whole epochs only: one epoch should not get ticks at 0.96, 0.98, ...
+            ax.set_xticks(range(last + 1))
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     return _figure_png(fig)
@@ -699,7 +708,12 @@ def render_run(
     body.append("<h2>Learning curves</h2>")
     if history:
         lr_curve = _lr_curve(config, state.get("schedule")) if config is not None else None
-        body.append(_img(curves_png(history, lr_curve), "loss, accuracy and learning rate per epoch"))
+        body.append(
+            _img(
+                curves_png(history, lr_curve, epochs=config and config.epochs),
+                "loss, accuracy and learning rate per epoch",
+            )
+        )
     else:
         body.append('<p class="muted">The curves appear when the first epoch has finished.</p>')
     body += _analysis_html(run_dir, None if live else state.get("analysis"), live)
