@@ -109,7 +109,7 @@ def _add_train(sub):
 
     def flag(group, *names: str, help: str, none: str = "none", **kwargs):
         """A flag whose help ends with its default (and the recipes' values); `none` says what unset means."""
-        field = names[-1].lstrip("-").replace("-", "_")
+        field = kwargs.get("dest") or names[-1].lstrip("-").replace("-", "_")
         if kwargs.get("action") is None and "type" not in kwargs and "choices" not in kwargs:
             kwargs["type"] = str
         if kwargs.get("action") == "bool":
@@ -250,12 +250,15 @@ def _add_train(sub):
     )
     flag(g, "--ckpt-interval", type=int, help="also save last.pt every N steps (0: only at epoch ends)")
     flag(g, "--max-steps", type=int, help="stop after this many steps in total", none="train every epoch")
+    # --logger too: under torchrun, torchrun's own parser takes --log for an ambiguous abbreviation of its --log-dir
     flag(
         g,
         "--log",
+        "--logger",
+        dest="log",
         choices=["none", "tensorboard"],
         help="also log to TensorBoard, in the run folder (`tensorboard --logdir runs`; needs "
-        "`pip install 'reslab[tensorboard]'`)",
+        "`pip install 'reslab[tensorboard]'`; under torchrun write --logger)",
     )
     return p
 
