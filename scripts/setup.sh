@@ -6,7 +6,8 @@
 # A second run does no work twice: installs are skipped while pyproject.toml is unchanged, data while it verifies.
 #
 # Usage: bash scripts/setup.sh [--dev] [--no-data]
-#   --dev      also install the development tools (pytest, ruff) and the export extra (onnx, onnxruntime, ...)
+#   --dev      also install the development tools (pytest, ruff), the export extra (onnx, onnxruntime, ...) and
+#              the tensorboard extra
 #   --no-data  skip the Fashion-MNIST step (the tests use synthetic data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +38,7 @@ pip=(.venv/bin/python -m pip -q --disable-pip-version-check)
 
 # 2. torch and reslab, once per version of pyproject.toml (and once more for --dev).
 extras=""
-[ "$dev" = 1 ] && extras="[dev,export]"  # the tests of `reslab export` need the export extra
+[ "$dev" = 1 ] && extras="[dev,export,tensorboard]"  # the tests of `reslab export` and `--log tensorboard` need them
 stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-12)${extras:+-dev}"
 if [ ! -e "$stamp" ]; then
   if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
