@@ -212,6 +212,31 @@ def test_the_live_page_reloads_itself_and_waits_for_the_end_for_the_analysis(fol
     assert 'http-equiv="refresh"' not in final and "finished: 1 of 1 epochs" in final
 
 
+def test_training_updates_the_page_as_epochs_finish(tmp_path, monkeypatch):
+    import reslab.report
+
+    pages = []
+
+    def render_and_keep(run_dir, **kwargs):
+        path = real(run_dir, **kwargs)
+        pages.append(path.read_text())
+        return path
+
+    real = reslab.report.render_run
+    monkeypatch.setattr(reslab.report, "render_run", render_and_keep)
+    monkeypatch.setattr(reslab.report, "FIRST_UPDATE_S", 0.0)  # a run of seconds: updates from the first epoch on
+    config = make_config(
+        dataset="synthetic", epochs=3, train_subset=128, val_size=64, batch_size=32, output=str(tmp_path),
+        name="live", threads=1, progress=False,
+    )  # fmt: skip
+    fit(config)
+    first, final = pages[0], pages[-1]
+    assert "training: epoch 1 of 3 done, step 4" in first and 'http-equiv="refresh"' in first
+    assert "loss, accuracy and learning rate per epoch" in first and "Most confident mistakes" not in first
+    assert "finished: 3 of 3 epochs" in final and 'http-equiv="refresh"' not in final
+    assert len(pages) <= 3  # at most epochs 1 and 2 live (the last epoch's page is the final one), then the end
+
+
 def test_a_stopped_run_says_how_to_continue_and_a_resumed_one_gets_its_analysis(tmp_path):
     config = make_config(
         dataset="synthetic", epochs=2, train_subset=256, val_size=64, batch_size=64, output=str(tmp_path),

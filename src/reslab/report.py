@@ -11,9 +11,10 @@ command and configuration, the machine, and links to the checkpoints. Images are
 a Content-Security-Policy forbids every other source, so the page loads nothing from anywhere.
 
 `reslab train` writes it as epochs finish (curves and configuration only, at most 5% of the training time: an update
-waits until 20 times its own cost has passed since the previous one) and in full at the end; `reslab eval` adds its
-results. Besides report.html the run folder gets report.json (the machine, the commands, the analysis and the eval
-results the page is made from), mistakes.png and gradcam.png; every file is written atomically.
+waits until 20 times its own cost has passed since the previous one, the first 10 s) and in full at the end;
+`reslab eval` adds its results. Besides report.html the run folder gets report.json (the machine, the commands, the
+analysis and the eval results the page is made from), mistakes.png and gradcam.png; every file is written
+atomically.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ REPORT, STATE, MISTAKES, GRADCAM = "report.html", "report.json", "mistakes.png",
 MISTAKES_SHOWN = 24  # the grid: 4 rows of 6
 CAMS_SHOWN = 4  # Grad-CAM rows: the most confident mistakes
 LIVE_OVERHEAD = 0.05  # the per-epoch update may cost at most this fraction of the training time
+FIRST_UPDATE_S = 10.0  # and comes first after this long (an update costs about 0.3 s): a run of seconds is not watched
 REFRESH_S = 30  # a report of a run in progress reloads itself this often in a browser
 
 
@@ -110,7 +112,7 @@ class RunWatch:
     ):
         self.config, self.run_dir, self.enabled, self.say = config, Path(run_dir), is_main, say
         self.tb: TensorBoardLog | None = None
-        self._next_update = 0.0
+        self._next_update = time.perf_counter() + FIRST_UPDATE_S
         error = None
         if is_main:
             try:
@@ -148,14 +150,14 @@ class RunWatch:
 
     def epoch_end(self, history: Sequence[dict[str, Any]]) -> None:
         """After an epoch: its scalars to TensorBoard, and report.html with the curves, when the last update is old
-        enough that this one keeps the overhead under LIVE_OVERHEAD."""
+        enough that this one keeps the overhead under LIVE_OVERHEAD (the first after FIRST_UPDATE_S)."""
         if not self.enabled:
             return
         if self.tb is not None:
             self.tb.epoch_end(history[-1])
         now = time.perf_counter()
-        if now < self._next_update:
-            return
+        if now < self._next_update or history[-1]["epoch"] >= self.config.epochs:
+            return  # too soon after the last update, or the last epoch: finish() writes the page next
         render_run(self.run_dir, config=self.config, history=history, live=True)
         cost = time.perf_counter() - now
         self._next_update = now + cost / LIVE_OVERHEAD
@@ -423,7 +425,9 @@ def curves_png(
     """Loss, accuracies and the learning rate per epoch; `lr_curve` (epochs, lr): the schedule at every step.
     `epochs`: the run's length, the x axes' extent (a run in progress shows how far it has come)."""
     plt = pyplot()
-    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
+    # a fixed layout: matplotlib's constrained layout doubles the cost of this figure, drawn as epochs finish
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.14, top=0.91, wspace=0.2)
     ax_loss.plot(*_values(history, "train_loss"), "o-", color="C0", label="train")
     ax_loss.set_title("loss (cross-entropy, training)")
     for key, label, color in (("train_acc", "train", "C0"), ("val_acc", "val", "C1"), ("test_acc", "test", "C2")):
