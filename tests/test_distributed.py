@@ -49,10 +49,18 @@ def torchrun(tmp_path, name, *, crash_at=None, extra=""):
     return out.returncode, out.stdout + out.stderr
 
 
+try:  # TensorBoard events too where the optional extra is installed: written by rank 0 alone, across the restart
+    import tensorboard  # noqa: F401
+
+    TENSORBOARD = "--logger tensorboard"  # torchrun's parser refuses --log (an abbreviation of its --log-dir)
+except ImportError:
+    TENSORBOARD = ""
+
+
 @pytest.fixture(scope="module")
 def restarted_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
-    rc, log = torchrun(tmp, "restarted", crash_at=6)
+    rc, log = torchrun(tmp, "restarted", crash_at=6, extra=TENSORBOARD)
     assert rc == 0, log[-3000:]
     return tmp / "restarted", log
 
@@ -70,14 +78,28 @@ def test_only_rank_0_writes_and_prints_and_ranks_end_identical(restarted_run):
     # one epoch line per epoch: the other rank printed nothing (the crashed first attempt never finished an epoch)
     assert log.count("epoch 1, loss") == 1 and log.count("epoch 2, loss") == 1
     assert "parameters and buffers are identical on all 2 ranks" in log
-    assert {p.name for p in run.iterdir()} == {
+    files = {p.name for p in run.iterdir()}
+    events = {name for name in files if name.startswith("events.out.tfevents.")}
+    assert files - events == {
         "config.json",
         "metrics.csv",
         "curves.png",
         "confusion_matrix.png",
         "last.pt",
         "best.pt",
+        "report.html",
+        "report.json",
+        "mistakes.png",
+        "gradcam.png",
     }
+    if TENSORBOARD:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        assert len(events) == 2  # one event file per attempt, rank 0's: rank 1 writes none
+        reader = EventAccumulator(str(run), size_guidance={"scalars": 0})
+        reader.Reload()
+        # the restart resumed from step 4: whatever the killed attempt logged after it is hidden, nothing repeats
+        assert [e.step for e in reader.Scalars("train/loss")] == list(range(1, 17))
 
 
 def test_sharded_evaluation_equals_a_single_process_evaluation(restarted_run):

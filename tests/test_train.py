@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -62,6 +63,8 @@ def test_short_run_learns_and_writes_its_run_folder(tmp_path, capsys, tiny):
     result = fit(tiny(tmp_path, epochs=3, progress=True), data=tiny.data)
     assert result.completed and result.step == 3 * (512 // 32)
     run = tmp_path / "run"
+    # the report's pictures of the test split's mistakes, where there are any (reslab.report)
+    mistakes = json.loads((run / "report.json").read_text())["analysis"]["mistakes"]
     assert {p.name for p in run.iterdir()} == {
         "config.json",
         "metrics.csv",
@@ -69,6 +72,9 @@ def test_short_run_learns_and_writes_its_run_folder(tmp_path, capsys, tiny):
         "confusion_matrix.png",
         "last.pt",
         "best.pt",
+        "report.html",
+        "report.json",
+        *(["mistakes.png", "gradcam.png"] if mistakes else []),
     }
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))

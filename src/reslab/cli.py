@@ -109,7 +109,7 @@ def _add_train(sub):
 
     def flag(group, *names: str, help: str, none: str = "none", **kwargs):
         """A flag whose help ends with its default (and the recipes' values); `none` says what unset means."""
-        field = names[-1].lstrip("-").replace("-", "_")
+        field = kwargs.get("dest") or names[-1].lstrip("-").replace("-", "_")
         if kwargs.get("action") is None and "type" not in kwargs and "choices" not in kwargs:
             kwargs["type"] = str
         if kwargs.get("action") == "bool":
@@ -250,6 +250,16 @@ def _add_train(sub):
     )
     flag(g, "--ckpt-interval", type=int, help="also save last.pt every N steps (0: only at epoch ends)")
     flag(g, "--max-steps", type=int, help="stop after this many steps in total", none="train every epoch")
+    # --logger too: under torchrun, torchrun's own parser takes --log for an ambiguous abbreviation of its --log-dir
+    flag(
+        g,
+        "--log",
+        "--logger",
+        dest="log",
+        choices=["none", "tensorboard"],
+        help="also log to TensorBoard, in the run folder (`tensorboard --logdir runs`; needs "
+        "`pip install -e '.[tensorboard]'`; under torchrun write --logger)",
+    )
     return p
 
 
@@ -307,8 +317,9 @@ def _add_eval(sub):
 
 def _cmd_eval(args) -> int:
     from reslab.evaluate import evaluate_checkpoint
+    from reslab.report import record_eval
 
-    evaluate_checkpoint(
+    evaluation = evaluate_checkpoint(
         args.checkpoint,
         split=args.split,
         dataset=args.dataset,
@@ -318,6 +329,35 @@ def _cmd_eval(args) -> int:
         output=args.output,
         tta=args.tta,
     )
+    if (page := record_eval(args.checkpoint, evaluation, tta=args.tta)) is not None:
+        print(f"report: {page}")
+    return 0
+
+
+def _add_report(sub):
+    p = sub.add_parser(
+        "report",
+        help="write a run's (or an experiment's) report.html: curves, mistakes, Grad-CAM, one self-contained file",
+        description="For a run folder: report.html with the learning curves, the confusion matrix and per-class "
+        "accuracy, the most confident mistakes (also mistakes.png) and their Grad-CAMs (gradcam.png) on the test "
+        "split (val where there is none) of its last.pt, the results of `reslab eval`, the command, configuration, "
+        "machine and checkpoints. For an experiment folder (runs/experiments/NAME): the verdict, the table, the "
+        "figure and every network's curves. The file inlines its images and opens from disk, without a network.",
+    )
+    p.add_argument("path", metavar="RUN", help="a run folder (or its last.pt), or an experiment folder")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="(default: auto)")
+    p.add_argument(
+        "--no-analysis",
+        action="store_true",
+        help="only re-render the page from the folder's files: no new pass over the data",
+    )
+    return p
+
+
+def _cmd_report(args) -> int:
+    from reslab.report import report
+
+    print(f"report: {report(args.path, device=args.device, analysis=not args.no_analysis)}")
     return 0
 
 
@@ -612,6 +652,7 @@ _SUBCOMMANDS = [  # (declare the flags, run the command)
     (_add_train, _cmd_train),
     (_add_eval, _cmd_eval),
     (_add_predict, _cmd_predict),
+    (_add_report, _cmd_report),
     (_add_export, _cmd_export),
     (_add_models, _cmd_models),
     (_add_summary, _cmd_summary),

@@ -20,6 +20,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 HFLIP_MODES = ("random", "alternate")
 TTA_MODES = ("none", "flip", "flip-shift")
+LOGGERS = ("none", "tensorboard")
 DATASETS = ("fashion-mnist", "mnist", "kmnist", "cifar10", "cifar100", "imagefolder", "synthetic")
 FLOAT32_MAX = 3.4028234663852886e38  # a learning rate beyond it is inf once it meets the float32 weights
 
@@ -89,6 +90,16 @@ class TrainConfig:
     ckpt_interval: int = 0  # steps; 0 = save only at the end of each epoch
     max_steps: int | None = None
     progress: bool = True  # a tqdm bar on a terminal, one line per epoch elsewhere
+    # "tensorboard": events in the run folder (reslab.tblog; the optional extra reslab[tensorboard])
+    log: str = field(
+        default="none",
+        metadata={
+            "help": "also log to TensorBoard: per-step loss and lr, per-epoch accuracies and images/s, the "
+            "hyperparameters, a batch of images (needs `pip install -e '.[tensorboard]'`)",
+            "group": "run",
+            "choices": LOGGERS,
+        },
+    )
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -164,6 +175,7 @@ def _validate(c: TrainConfig) -> None:
         ("amp", c.amp in AMP_MODES, "one of " + ", ".join(AMP_MODES)),
         ("device", c.device in DEVICES, "one of " + ", ".join(DEVICES)),
         ("dataset", c.dataset in DATASETS, "one of " + ", ".join(DATASETS)),
+        ("log", c.log in LOGGERS, "one of " + ", ".join(LOGGERS)),
     ]
     for name, ok, expected in checks:
         if not ok:

@@ -86,6 +86,7 @@ def train_one_epoch(
     save: Callable[[int, int, EpochProgress], None] | None = None,
     bar_desc: str | None = None,
     frozen: Sequence[nn.Module] = (),
+    on_step: Callable[[int, torch.Tensor, float], None] | None = None,
 ) -> EpochResult:
     """Train `model` on the rest of epoch `epoch` of `loader`, from `start_step` (global step `step`).
 
@@ -94,6 +95,8 @@ def train_one_epoch(
     resumed mid-way. `ema`, if given, is updated after every step. `bar_desc` shows a progress bar with that title on
     stderr. The loop stops early, at a step boundary, on Ctrl-C, at `max_steps`, or before applying a step whose loss
     is not finite. `frozen` modules stay in eval mode (a frozen backbone's BatchNorm keeps its statistics).
+    `on_step(step, loss, lr)`, if given, is called after each optimizer step with the step count (1-based), the
+    step's loss (a 0-dim tensor on the device) and its learning rate (TensorBoard's per-step scalars).
     """
     device = loader.device
     world = D.world_size()
@@ -150,6 +153,8 @@ def train_one_epoch(
         step_in_epoch += 1
         if ema is not None:
             ema.update(step)
+        if on_step is not None:
+            on_step(step, loss.detach(), lr)
 
         loss_sum += loss.detach().float() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()

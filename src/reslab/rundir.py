@@ -249,8 +249,9 @@ FIXED_ON_RESUME = (
     "opt",
     "bn_bias_lr",  # a group of its own in the optimizer's state
 )
+# (progress and log say how the run is watched, not what it computes: they may change too, and go unlisted)
 MAY_CHANGE_ON_RESUME = tuple(
-    f for f in TrainConfig.__dataclass_fields__ if f not in (*FIXED_ON_RESUME, "resume", "progress")
+    f for f in TrainConfig.__dataclass_fields__ if f not in (*FIXED_ON_RESUME, "resume", "progress", "log")
 )
 
 

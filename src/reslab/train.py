@@ -40,6 +40,7 @@ from reslab.loop import EpochResult, StopRequest, train_one_epoch
 from reslab.memory import check_training_memory
 from reslab.models import build_model
 from reslab.optim import Schedule, build_optimizer
+from reslab.report import RunWatch
 from reslab.rundir import (
     RunCheckpoints,
     RunPosition,
@@ -167,6 +168,9 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
         f"{config.batch_size}{f' x {world}' if world > 1 else ''}, {steps} steps per epoch, {config.epochs} epochs"
     )
 
+    watch = RunWatch(config, run_dir, is_main=is_main, step=pos.step, steps_per_epoch=steps, world_size=world, say=say)
+    if pos.step == 0:
+        watch.first_batch(loaders["train"], pos.epoch, mean, std)
     confusion, images, seconds = None, 0, 0.0
     show_bar = config.progress and is_main and sys.stderr.isatty()
     try:
@@ -193,6 +197,7 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
                     ),
                     bar_desc=f"epoch {pos.epoch + 1}/{config.epochs}" if show_bar else None,
                     frozen=frozen,
+                    on_step=watch.on_step,
                 )
                 start_step, progress = 0, EpochProgress()
                 images, seconds = images + result.images, seconds + result.seconds
@@ -202,6 +207,7 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
                 if result.step_in_epoch == steps:
                     tested = _end_epoch(result, pos, ckpt, loaders, amp_dtype, schedule(pos.step), t_start, say)
                     confusion = tested if tested is not None else confusion
+                    watch.epoch_end(pos.history)
                 else:  # stopped mid-epoch: save exactly where it is
                     ckpt.save_last(pos, step=pos.step, step_in_epoch=result.step_in_epoch, progress=result.progress)
                     sums = result.progress
@@ -222,6 +228,7 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
         if is_main:
             write_metrics(run_dir, pos.history)
             write_plots(run_dir, pos.history, confusion, data.classes)
+        watch.close(pos.history, pos.best_val_acc)
 
     if D.active():
         same = D.ranks_agree(D.state_fingerprint(model))
@@ -231,6 +238,17 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
     model.eval()
     if ema is not None:
         model = ema.module  # what the run delivers: the averaged weights (also what its checkpoints serve)
+    watch.finish(
+        pos.history,
+        completed=pos.epoch >= config.epochs,
+        model=model,
+        data=data,
+        splits=splits,
+        mean=mean,
+        std=std,
+        crop=crop,
+        amp_dtype=amp_dtype,
+    )
     return FitResult(
         completed=pos.epoch >= config.epochs,
         run_dir=run_dir,

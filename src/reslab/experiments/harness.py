@@ -169,7 +169,7 @@ def train_runs(runs: Sequence[Run], base_config: TrainConfig, output: Path, data
 
 
 # settings that do not change what a run computes
-_INCIDENTAL = {"resume", "progress", "output", "name", "data_dir", "device", "threads"}
+_INCIDENTAL = {"resume", "progress", "output", "name", "data_dir", "device", "threads", "log"}
 
 
 def same_settings(saved: dict[str, Any], config: TrainConfig) -> bool:
