@@ -375,8 +375,28 @@ class Pretrained:
         }
 
 
+@dataclass(frozen=True)
+class WeightsFile:
+    """A weights source found, verified and parsed once: `train --pretrained` reads its preprocessing before the
+    data and fits its tensors to the model after, without a second read of the file."""
+
+    src: str  # as the user named it
+    located: Located
+    source: Source
+
+    @property
+    def preprocess(self) -> dict[str, Any] | None:
+        return self.source.preprocess
+
+
+def read_weights(src: str | Path, source_format: str | None = None) -> WeightsFile:
+    """Find SRC (downloading it if need be), check its SHA-256 and parse it: the one read of the file."""
+    loc = locate(src)
+    return WeightsFile(str(src), loc, read_source(loc, source_format))
+
+
 def load_pretrained(
-    src: str | Path,
+    src: str | Path | WeightsFile,
     model_name: str | None = None,
     *,
     in_chans: int | None = None,
@@ -386,9 +406,10 @@ def load_pretrained(
 ) -> Pretrained:
     """The model `model_name` (default: the one the source names) with the weights SRC holds, fitted to `in_chans`
     and `num_classes` (default: the weights' own). What `reslab.build_model(name, weights=SRC)`, `reslab convert`
-    and `reslab train --pretrained` use. ReslabError on anything that does not fit; nothing is loaded partly."""
-    loc = locate(src)
-    source = read_source(loc, source_format)
+    and `reslab train --pretrained` use. SRC may be read_weights()'s answer (then `source_format` was given there).
+    ReslabError on anything that does not fit; nothing is loaded partly."""
+    weights = src if isinstance(src, WeightsFile) else read_weights(src, source_format)
+    loc, source, src = weights.located, weights.source, weights.src
     name = _model_name(model_name, source, src)
     kwargs = _architecture_kwargs(source, model_kwargs or {}, name)
 
