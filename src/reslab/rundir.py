@@ -29,7 +29,7 @@ from reslab.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from reslab.config import TrainConfig
+from reslab.config import TrainConfig, flag_name
 from reslab.errors import NonFiniteLossError, ReslabError
 from reslab.plots import plot_confusion_matrix, plot_curves
 from reslab.runstate import RunInfo, RunState
@@ -188,10 +188,6 @@ MAY_CHANGE_ON_RESUME = tuple(
 )
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def plan_run(config: TrainConfig, explicit: Collection[str] | None, *, restarted: bool) -> RunPlan:
     """On rank 0: the config to use, the run folder and the checkpoint to resume (or None).
 
@@ -216,12 +212,12 @@ def plan_run(config: TrainConfig, explicit: Collection[str] | None, *, restarted
         raise ReslabError(f"--resume: {path} holds a {ckpt['model_name']} but --model is {config.model}")
     changed = [k for k in FIXED_ON_RESUME if getattr(config, k) != getattr(saved, k)]
     if changed:
-        was = ", ".join(f"{_flag(k)} {getattr(saved, k)!r}" for k in changed)
-        now = ", ".join(f"{_flag(k)} {getattr(config, k)!r}" for k in changed)
+        was = ", ".join(f"{flag_name(k)} {getattr(saved, k)!r}" for k in changed)
+        now = ", ".join(f"{flag_name(k)} {getattr(config, k)!r}" for k in changed)
         raise ReslabError(
             f"--resume: {path} was trained with {was}; {now} would change what its checkpoint means. Start a new "
             f"run for that (another --name), or resume without those flags; these may change on resume: "
-            f"{', '.join(map(_flag, MAY_CHANGE_ON_RESUME))}"
+            f"{', '.join(map(flag_name, MAY_CHANGE_ON_RESUME))}"
         )
     if explicit is not None and "name" in explicit and Path(config.output) / config.name != run_dir:
         run_dir = Path(config.output) / config.name  # continue in a new folder: the old one is left as it is
