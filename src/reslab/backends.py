@@ -22,7 +22,8 @@ from torch import nn
 from reslab.config import TrainConfig
 from reslab.device import autocast
 from reslab.errors import ReslabError
-from reslab.formats import from_strings, require
+from reslab.metadata import from_strings
+from reslab.optional import require
 
 INPUT_NAME = "input"  # (batch, C, H, W) float32, normalised as the model's "preprocess" says
 OUTPUT_NAME = "logits"  # (batch, num_classes) float32
