@@ -168,7 +168,7 @@ def _cmd_train(args) -> int:
 
 
 def _add_eval(sub):
-    from reslab.config import DATASETS
+    from reslab.config import DATASETS, DEVICES, TTA_MODES
 
     p = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
     p.add_argument(
@@ -190,11 +190,11 @@ def _add_eval(sub):
     )
     p.add_argument("--data-dir", default=None, help="where that data is (default: the run's own, or the search order)")
     p.add_argument("--batch-size", type=int, default=512, help="images per batch (default: 512)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="(default: auto)")
+    p.add_argument("--device", choices=list(DEVICES), default="auto", help="(default: auto)")
     p.add_argument("--output", default=None, help="where to write confusion_matrix.png (default: the run folder)")
     p.add_argument(
         "--tta",
-        choices=["none", "flip", "flip-shift"],
+        choices=list(TTA_MODES),
         default=None,
         help="test-time augmentation: the image and its mirror ('flip'), also shifted by a pixel ('flip-shift') "
         "(default: the run's own --tta)",
@@ -219,6 +219,8 @@ def _cmd_eval(args) -> int:
 
 
 def _add_predict(sub):
+    from reslab.config import DEVICES
+
     p = sub.add_parser("predict", help="top-k classes for image files (PNG, JPEG; any size or mode)")
     p.add_argument(
         "checkpoint",
@@ -234,7 +236,7 @@ def _add_predict(sub):
     )
     p.add_argument("-k", "--topk", type=int, default=3, help="how many classes to show per image (default 3)")
     p.add_argument("--invert", action="store_true", help="invert images first (dark objects on a light background)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--device", choices=list(DEVICES), default="auto")
     p.add_argument(
         "--cam",
         default=None,
