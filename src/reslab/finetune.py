@@ -2,7 +2,7 @@
 fitted to the dataset's classes, and a frozen backbone for a linear probe.
 
     weights = read_pretrained(config)                # read and verified once; None without --pretrained
-    data = load_dataset(config.dataset, config.data_dir, **folder_options(config, weights.preprocess))
+    data = load_dataset(config.dataset, config.data_dir, **folder_options(config, weights and weights.preprocess))
     model, kwargs, report = pretrained_model(config, weights, in_chans=3, num_classes=10)
     frozen = freeze_backbone(model)                  # --freeze backbone: only the classifier trains
 """
