@@ -53,7 +53,7 @@ import torch
 from reslab.backends import OnnxRunner, TorchRunner
 from reslab.device import cpu_has_bf16, machine_line
 from reslab.export import TOLERANCE, export_onnx
-from reslab.formats import describe
+from reslab.metadata import describe
 from reslab.models import build_model
 
 # name -> (build_model kwargs, input size, timed calls per round at batch 1, at the throughput batch)

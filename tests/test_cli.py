@@ -56,3 +56,32 @@ def test_a_closed_pipe_is_not_a_traceback():
     p.stdout.close()
     assert p.wait(timeout=120) == 0
     assert b"Error" not in p.stderr.read()
+
+
+def test_every_train_flag_is_a_config_field_with_its_default_and_the_recipes_values(capsys):
+    # the flags are generated from TrainConfig's field metadata: each field with a group is a flag, unset by default
+    # (the recipe decides), whose --help shows the default and every recipe's own value
+    import argparse
+    import dataclasses
+
+    from reslab.cli import build_parser
+    from reslab.config import RECIPES, TrainConfig, default_text
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    actions = {a.dest: a for a in sub.choices["train"]._actions if a.dest not in ("help", "recipe")}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig) if "group" in f.metadata}
+    assert set(actions) == set(fields)
+    assert {"model_kwargs", "progress"} == {f.name for f in dataclasses.fields(TrainConfig)} - set(fields)
+    for name, action in actions.items():
+        meta = fields[name].metadata
+        assert action.default is None, name
+        assert "--" + name.replace("_", "-") in action.option_strings
+        assert action.choices == (list(meta["choices"]) if "choices" in meta else None), name
+        assert action.help.endswith(f"({default_text(name)})"), name
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for recipe, values in RECIPES.items():
+        for name, value in values.items():
+            if value != fields[name].default:
+                assert f"{recipe}: " in default_text(name) and default_text(name) in shown, (recipe, name)

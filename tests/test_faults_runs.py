@@ -182,7 +182,7 @@ def test_a_run_without_name_that_meets_a_folder_in_use_takes_the_next_name(tmp_p
     from reslab import rundir
     from reslab.atomic import claim_folder
 
-    monkeypatch.setattr(rundir.time, "strftime", lambda fmt: "20260101-000000")  # two runs in the same second
+    monkeypatch.setattr(rundir.time, "strftime", lambda fmt, *t: "20260101-000000")  # two runs in the same second
     other = claim_folder(tmp_path / "resnet20-20260101-000000", flag="--output")
     try:
         config = make_config(**TINY, epochs=1, max_steps=1, val_size=0, output=str(tmp_path))

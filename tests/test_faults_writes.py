@@ -22,7 +22,7 @@ from PIL import Image
 
 import reslab.atomic
 import reslab.export as E
-import reslab.formats
+import reslab.optional
 from reslab.checkpoint import read_checkpoint, save_checkpoint
 from reslab.cli import main
 
@@ -263,7 +263,7 @@ def test_ctrl_c_while_an_optional_package_is_imported_is_an_interrupt(run, capsy
         except KeyboardInterrupt as e:  # what pybind11 makes of Ctrl-C in a C extension's init
             raise ImportError("initialization failed") from e
 
-    monkeypatch.setattr(reslab.formats.importlib, "import_module", import_interrupted)
+    monkeypatch.setattr(reslab.optional.importlib, "import_module", import_interrupted)
     line = one_line_error(capsys, main(["export", str(run), "--format", "safetensors", "-o", "x.safetensors"]), 130)
     assert "interrupted" in line and "needs the Python package" not in line
 

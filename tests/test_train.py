@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -333,3 +334,35 @@ def test_every_train_flag_says_what_it_does_and_its_default(capsys):
     for action in flags:
         assert action.help and "default: " in action.help, action.option_strings
     assert "--epochs EPOCHS passes over the training split (default: 3; best: 27; d2l: 5; paper-cifar: 182)" in text
+
+
+def test_pretrained_weights_are_read_and_verified_once(tmp_path, monkeypatch, tiny):
+    # --pretrained decides the data's preprocessing before the data and the model's weights after it: one read of
+    # the file must serve both (a second parse and hash of a ResNet-152 or a Caffe file costs seconds)
+    from reslab.models import build_model
+    from reslab.weights import load as weights_load
+
+    data = tiny.data
+    model = build_model("resnet20", widths=[8, 16, 32], in_chans=data.in_chans, num_classes=len(data.classes))
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    weights = tmp_path / f"tiny-{hashlib.sha256(buf.getvalue()).hexdigest()[:8]}.pth"  # a name that carries its hash
+    weights.write_bytes(buf.getvalue())
+    reads, hashes = [], []
+    real_load, real_verify = torch.load, weights_load.verify_file
+
+    def counting_load(f, *args, **kwargs):
+        if Path(str(f)) == weights:
+            reads.append(f)
+        return real_load(f, *args, **kwargs)
+
+    def counting_verify(path, *args, **kwargs):
+        hashes.append(path)
+        return real_verify(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    monkeypatch.setattr(weights_load, "verify_file", counting_verify)
+    result = fit(tiny(tmp_path, pretrained=str(weights), epochs=1, max_steps=2), data=data)
+    assert result.step == 2
+    assert len(reads) == 1, f"the weights file was read {len(reads)} times"
+    assert len(hashes) == 1, f"the weights file was hashed {len(hashes)} times"

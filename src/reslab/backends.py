@@ -1,7 +1,7 @@
 """Runners: whatever maps a normalised float batch (B, C, H, W) to logits (B, num_classes).
 
-Evaluation and prediction call a runner rather than a model, so that a file exported to ONNX is used exactly as the
-checkpoint it came from:
+Evaluation and prediction load what they run with `load_model` (a checkpoint or an exported ONNX file), and call a
+runner rather than a model, so that a file exported to ONNX is used exactly as the checkpoint it came from:
 - `TorchRunner`: eager PyTorch, the checkpoint's own model, optionally in channels_last and under autocast;
 - `OnnxRunner`: ONNX Runtime on the CPU, from a file written by `reslab export --format onnx`; `load_onnx` reads it
   with reslab's description of the model (classes, input size, preprocessing, training config) from its metadata.
@@ -19,10 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from reslab.checkpoint import TrainedModel, load_checkpoint
 from reslab.config import TrainConfig
-from reslab.device import autocast
+from reslab.device import autocast, pick_device
 from reslab.errors import ReslabError
-from reslab.formats import from_strings, require
+from reslab.metadata import from_strings
+from reslab.optional import require
 
 INPUT_NAME = "input"  # (batch, C, H, W) float32, normalised as the model's "preprocess" says
 OUTPUT_NAME = "logits"  # (batch, num_classes) float32
@@ -177,3 +179,19 @@ def check_finite_onnx(runner: OnnxRunner, path: str | Path) -> None:
         raise ReslabError(
             f"ONNX file {str(path)!r}: its weights hold NaN or infinite values ({names}): not a usable model"
         )
+
+
+def load_model(
+    source: TrainedModel | OnnxModel | str | Path, device: str | torch.device = "auto"
+) -> TrainedModel | OnnxModel:
+    """What `reslab eval` and `reslab predict` run: a checkpoint (a .pt file or its run folder, trained or weights
+    only, or a .safetensors file) as a TrainedModel in eval mode on `device`, or an ONNX file exported by reslab as
+    an OnnxModel (ONNX Runtime, on the CPU). A TrainedModel or OnnxModel already loaded is taken as it is."""
+    if isinstance(source, OnnxModel) or (not isinstance(source, TrainedModel) and is_onnx(source)):
+        if str(device) not in ("auto", "cpu"):
+            raise ReslabError(f"--device {device}: an ONNX file runs on the CPU (ONNX Runtime's CPU build); use cpu")
+        return source if isinstance(source, OnnxModel) else load_onnx(source)
+    dev = pick_device(device)
+    trained = source if isinstance(source, TrainedModel) else load_checkpoint(source, device=dev)
+    trained.model.to(dev).eval()
+    return trained

@@ -40,10 +40,10 @@ from reslab.atomic import ensure_folder as ensure_folder  # re-exported: rundir,
 from reslab.config import TrainConfig
 from reslab.device import pick_device
 from reslab.errors import NonFiniteLossError, ReslabError
-from reslab.formats import check_description, read_safetensors
+from reslab.metadata import FORMAT_VERSION, check_description
 from reslab.models import build_model
+from reslab.safetensors_io import read_safetensors
 
-FORMAT_VERSION = 2
 CHECKPOINT_NAMES = ("best.pt", "last.pt")  # what a run folder is searched for, in this order
 MODEL_KEYS = ("model_name", "model_kwargs", "input_size", "classes", "model")
 
@@ -122,6 +122,21 @@ def non_finite_tensors(state_dict: dict[str, torch.Tensor]) -> list[str]:
         for k, t in state_dict.items()
         if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
     ]
+
+
+def state_dict_differences(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+    """The keys on which two state dicts differ in name, dtype, shape or any bit; [] when identical."""
+    diff = sorted(set(a) ^ set(b))
+    for k in sorted(set(a) & set(b)):
+        x, y = a[k].detach().cpu(), b[k].detach().cpu()
+        if x.dtype != y.dtype or x.shape != y.shape or not torch.equal(_bits(x), _bits(y)):
+            diff.append(k)
+    return diff
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    # the raw bytes: torch.equal on floats would call -0.0 equal to 0.0 and NaN unequal to itself
+    return t.contiguous().reshape(-1).view(torch.uint8)
 
 
 def payload_checksum(ckpt: dict[str, Any]) -> str:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from reslab import __version__
+from reslab.config import flag_name
 from reslab.errors import ReslabError
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -97,7 +99,7 @@ def _cmd_data(args) -> int:
 
 
 def _add_train(sub):
-    from reslab.config import DATASETS, RECIPES, default_text
+    from reslab.config import RECIPES, TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -106,16 +108,6 @@ def _add_train(sub):
         "and, where a recipe changes it, that recipe's (the recipes are in reslab/config.py and the README). "
         "A resumed run keeps its own settings except for the flags given.",
     )
-
-    def flag(group, *names: str, help: str, none: str = "none", **kwargs):
-        """A flag whose help ends with its default (and the recipes' values); `none` says what unset means."""
-        field = kwargs.get("dest") or names[-1].lstrip("-").replace("-", "_")
-        if kwargs.get("action") is None and "type" not in kwargs and "choices" not in kwargs:
-            kwargs["type"] = str
-        if kwargs.get("action") == "bool":
-            kwargs["action"] = argparse.BooleanOptionalAction
-        group.add_argument(*names, default=None, help=f"{help} ({default_text(field, none=none)})", **kwargs)
-
     p.add_argument(
         "--recipe",
         default="default",
@@ -124,143 +116,38 @@ def _add_train(sub):
         "'best': ResNet-20, 27 epochs, 94%% test; 'd2l': the seeds' exact configuration; "
         "'paper-cifar': He et al. 2016's CIFAR-10 recipe; default: default)",
     )
-    g = p.add_argument_group("model")
-    flag(g, "--model", help="model name (see `reslab models`)")
-    flag(g, "--zero-init-residual", action="bool", help="start each residual branch at zero (last BN gamma = 0)")
-    flag(
-        g,
-        "--pretrained",
-        metavar="SRC",
-        help="start from these weights: a file, URL or `reslab weights` id; the classifier is re-initialised "
-        "for the dataset's classes and images are normalised as the weights expect",
-        none="random initialisation",
-    )
-    flag(g, "--freeze", choices=["backbone"], help="train only the classifier (a linear probe)", none="train all")
-    g = p.add_argument_group("data")
-    flag(
-        g,
-        "--data-dir",
-        help="folder with the Fashion-MNIST IDX files",
-        none="$RESLAB_DATA, ~/.cache/reslab, then Debian's package",
-    )
-    flag(
-        g,
-        "--dataset",
-        choices=list(DATASETS),
-        help="imagefolder: --data-dir with one sub-folder per class; 'synthetic' is a tiny learnable stand-in",
-    )
-    flag(
-        g,
-        "--in-chans",
-        type=int,
-        choices=[1, 3],
-        help="imagefolder: decode images as grayscale (1) or RGB (3)",
-        none="RGB, or the pretrained weights'",
-    )
-    flag(
-        g,
-        "--image-size",
-        type=int,
-        help="imagefolder: store images at this square size (shorter side resized, centre cropped)",
-        none="the pretrained weights' resize, else 32",
-    )
-    flag(
-        g,
-        "--crop-size",
-        type=int,
-        help="crop of the stored images the model sees (random in training, the centre one in evaluation)",
-        none="the pretrained weights' crop on an image folder, else the whole image",
-    )
-    flag(g, "--random-resized-crop", action="bool", help="Inception-style random crops of 8-100%% of the image")
-    flag(
-        g,
-        "--skip-bad-images",
-        action="bool",
-        help="imagefolder: leave out unreadable images (counted) instead of stopping",
-    )
-    flag(
-        g,
-        "--val-size",
-        type=int,
-        help="images held out of the training set for choosing hyperparameters",
-        none="5000 for Fashion-MNIST, a tenth of the set otherwise",
-    )
-    flag(g, "--train-subset", type=int, help="train on only the first N images of the training split", none="all")
-    flag(g, "--resize", type=int, help="train and evaluate at this square size", none="28, the images' own")
-    flag(g, "--crop-padding", type=int, help="random-crop padding in pixels (0 turns cropping off)")
-    flag(g, "--hflip", action="bool", help="random horizontal flips")
-    flag(
-        g,
-        "--hflip-mode",
-        choices=["random", "alternate"],
-        help="with --hflip: 'random' flips each image with p=0.5 every epoch; 'alternate' flips it at random in "
-        "the first epoch and then in every other one (airbench)",
-    )
-    flag(g, "--random-erasing", type=float, help="probability of erasing a random box of each training image")
-    g = p.add_argument_group("optimisation")
-    flag(g, "--epochs", type=int, help="passes over the training split")
-    flag(g, "-b", "--batch-size", type=int, help="images per step per process (global = this x world size)")
-    flag(g, "--lr", type=float, help="peak learning rate for --batch-size images (scaled with world size)")
-    flag(g, "--opt", choices=["sgd", "adam", "adamw"], help="optimiser (sgd uses Nesterov momentum)")
-    flag(g, "--momentum", type=float, help="SGD momentum, in [0, 1)")
-    flag(g, "--nesterov", action="bool", help="Nesterov momentum for SGD")
-    flag(g, "--weight-decay", type=float, help="L2 penalty on conv and linear weights (not on BN or biases)")
-    flag(
-        g,
-        "--sched",
-        choices=["onecycle", "cosine", "step", "none"],
-        help="lr after warm-up: linear to 0, cosine to 0, x0.1 at 50%% and 75%%, or constant",
-    )
-    flag(g, "--warmup-epochs", type=float, help="linear lr warm-up from 0, in epochs")
-    flag(g, "--label-smoothing", type=float, help="label smoothing of the cross-entropy, in [0, 1)")
-    flag(g, "--bn-bias-lr", type=float, help="learning rate of the BatchNorm biases, as a multiple of --lr")
-    flag(
-        g,
-        "--ema",
-        type=float,
-        help="decay of an exponential moving average of the weights, updated every step; evaluation, best.pt, "
-        "eval and predict then use the average (0: off)",
-    )
-    g = p.add_argument_group("evaluation")
-    flag(g, "--val-every", type=int, help="evaluate the val split every N epochs and after the last (0: last only)")
-    flag(g, "--test-every", type=int, help="evaluate the test split every N epochs and after the last (0: last only)")
-    flag(
-        g,
-        "--tta",
-        choices=["none", "flip", "flip-shift"],
-        help="test-time augmentation of every evaluation: average over the image and its mirror ('flip', 2 passes), "
-        "and its 1-pixel shifts ('flip-shift', 6 passes)",
-    )
-    g = p.add_argument_group("speed")
-    flag(g, "--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision ('auto': bf16 where it is fast)")
-    flag(g, "--channels-last", action="bool", help="NHWC memory format for the model and batches")
-    flag(g, "--device", choices=["auto", "cpu", "cuda", "mps"], help="where to train")
-    flag(g, "--threads", type=int, help="CPU threads per process", none="torch's choice, one per core")
-    flag(g, "--sync-bn", action="bool", help="synchronise BatchNorm statistics across processes (CUDA + DDP)")
-    g = p.add_argument_group("run")
-    flag(g, "--seed", type=int, help="seeds the weights, the data order, the augmentation and the val split")
-    flag(g, "--output", help="parent folder of run folders")
-    flag(g, "--name", help="run folder name", none="model and time, or model and torchrun's rendezvous id")
-    flag(
-        g,
-        "--resume",
-        help="a checkpoint (last.pt) or run folder to continue; 'auto' resumes --output/--name "
-        "if it has a checkpoint (what torchrun restarts rely on)",
-        none="a new run",
-    )
-    flag(g, "--ckpt-interval", type=int, help="also save last.pt every N steps (0: only at epoch ends)")
-    flag(g, "--max-steps", type=int, help="stop after this many steps in total", none="train every epoch")
-    # --logger too: under torchrun, torchrun's own parser takes --log for an ambiguous abbreviation of its --log-dir
-    flag(
-        g,
-        "--log",
-        "--logger",
-        dest="log",
-        choices=["none", "tensorboard"],
-        help="also log to TensorBoard, in the run folder (`tensorboard --logdir runs`; needs "
-        "`pip install -e '.[tensorboard]'`; under torchrun write --logger)",
-    )
+    _add_config_flags(p, TrainConfig)
     return p
+
+
+_FLAG_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per field of the dataclass `cls` that has flag metadata (reslab.config.option), in its --help group:
+    --field-name, default None (unset: the recipe's value), the help ending with the default and the recipes'
+    values; a bool becomes --x/--no-x, choices come from the metadata, the type from the annotation."""
+    import dataclasses
+
+    from reslab.config import default_text
+
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if "group" not in meta:
+            continue
+        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        kind = str(f.type).split("|")[0].strip()  # "int | None" -> "int" (the annotations are strings)
+        kwargs: dict[str, Any] = {"choices": list(meta["choices"])} if "choices" in meta else {}
+        if kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind != "str" or "choices" not in kwargs:  # a str with choices needs no type
+            kwargs["type"] = _FLAG_TYPES[kind]
+        if "metavar" in meta:
+            kwargs["metavar"] = meta["metavar"]
+        names = [*([meta["short"]] if "short" in meta else []), flag_name(f.name), *meta.get("aliases", ())]
+        text = meta["help"].replace("%", "%%")  # argparse formats help with %
+        group.add_argument(*names, dest=f.name, default=None, help=f"{text} ({default_text(f.name)})", **kwargs)
 
 
 def _cmd_train(args) -> int:
@@ -281,7 +168,7 @@ def _cmd_train(args) -> int:
 
 
 def _add_eval(sub):
-    from reslab.config import DATASETS
+    from reslab.config import DATASETS, DEVICES, TTA_MODES
 
     p = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
     p.add_argument(
@@ -303,11 +190,11 @@ def _add_eval(sub):
     )
     p.add_argument("--data-dir", default=None, help="where that data is (default: the run's own, or the search order)")
     p.add_argument("--batch-size", type=int, default=512, help="images per batch (default: 512)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="(default: auto)")
+    p.add_argument("--device", choices=list(DEVICES), default="auto", help="(default: auto)")
     p.add_argument("--output", default=None, help="where to write confusion_matrix.png (default: the run folder)")
     p.add_argument(
         "--tta",
-        choices=["none", "flip", "flip-shift"],
+        choices=list(TTA_MODES),
         default=None,
         help="test-time augmentation: the image and its mirror ('flip'), also shifted by a pixel ('flip-shift') "
         "(default: the run's own --tta)",
@@ -362,6 +249,8 @@ def _cmd_report(args) -> int:
 
 
 def _add_predict(sub):
+    from reslab.config import DEVICES
+
     p = sub.add_parser("predict", help="top-k classes for image files (PNG, JPEG; any size or mode)")
     p.add_argument(
         "checkpoint",
@@ -377,7 +266,7 @@ def _add_predict(sub):
     )
     p.add_argument("-k", "--topk", type=int, default=3, help="how many classes to show per image (default 3)")
     p.add_argument("--invert", action="store_true", help="invert images first (dark objects on a light background)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--device", choices=list(DEVICES), default="auto")
     p.add_argument(
         "--cam",
         default=None,

@@ -22,83 +22,175 @@ HFLIP_MODES = ("random", "alternate")
 TTA_MODES = ("none", "flip", "flip-shift")
 LOGGERS = ("none", "tensorboard")
 DATASETS = ("fashion-mnist", "mnist", "kmnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+FREEZE_MODES = ("backbone",)
+IN_CHANS = (1, 3)  # an image folder decoded as grayscale or RGB
 FLOAT32_MAX = 3.4028234663852886e38  # a learning rate beyond it is inf once it meets the float32 weights
+
+
+def option(default: Any, *, help: str, group: str, none: str = "none", **metadata: Any) -> Any:
+    """A TrainConfig field that is also a `reslab train` flag: its help, its --help group, and optionally
+    `choices`, `none` (what a None default means, for --help), `short` ("-b"), `aliases` (further long names) and
+    `metavar`."""
+    return field(default=default, metadata={"help": help, "group": group, "none": none, **metadata})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # model
-    # the default recipe's model: ResNet-8 (one BasicBlock per stage); on a 2-core AVX2 CPU it trains about 1,040
-    # images/s against ResNet-20's 280 (fp32)
-    model: str = "resnet8"
+    # the flags of `reslab train` are these fields (reslab.cli generates them); a field without `option` has none
+    model: str = option("resnet8", group="model", help="model name (see `reslab models`)")
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # build_model overrides; fit sets in_chans, num_classes
-    zero_init_residual: bool = False
-    pretrained: str | None = None  # weights to start from (reslab.weights: a file, URL or table id)
-    freeze: str | None = None  # "backbone": train the classifier only (a linear probe)
-    # data
-    dataset: str = "fashion-mnist"  # one of DATASETS; "synthetic" is a tiny learnable stand-in for tests
-    data_dir: str | None = None
-    in_chans: int | None = None  # imagefolder: decode as 1 (grayscale) or 3 (RGB) channels; None: RGB
-    image_size: int | None = None  # imagefolder: stored square size; None: the pretrained weights' resize, or 32
-    crop_size: int | None = None  # crop of the stored images fed to the model; None: the weights' crop, or none
-    random_resized_crop: bool = False  # Inception-style crop of 8-100% of the image (natural images)
-    skip_bad_images: bool = False  # imagefolder: leave out (and count) unreadable images instead of stopping
-    # held out of the training images, fixed by `seed`; the test set only reports. None: 5000 of Fashion-MNIST's
-    # 60k, a tenth of a synthetic training set
-    val_size: int | None = None
-    train_subset: int | None = None  # use only the first N images of the training split
-    resize: int | None = None  # square size; None keeps 28x28
-    crop_padding: int = 0  # random crop with this much zero padding; 0 = off
-    hflip: bool = False
-    # "random": each image flipped with p=0.5 every epoch; "alternate": at random in the first epoch, then each image
-    # flipped in every other epoch, so two consecutive epochs see both sides of every image (airbench, Jordan 2024)
-    hflip_mode: str = "random"
-    # probability of erasing a random rectangle of each training image (Zhong et al. 2017); 0 = off
-    random_erasing: float = 0.0
-    # optimisation
-    # the default recipe (README, Training), chosen on the validation split among the candidates that reach 91.4%
-    # in under 300 s on a 2-core CPU without bf16: ResNet-8 for three epochs at batch 128 and peak lr 0.4
-    epochs: int = 3
-    batch_size: int = 128  # per process; the global batch is batch_size * world_size
-    lr: float = 0.4  # peak lr for `batch_size` images; multiplied by world_size under DDP (linear scaling rule)
-    opt: str = "sgd"
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    sched: str = "onecycle"
-    warmup_epochs: float = 0.5
-    label_smoothing: float = 0.1
-    bn_bias_lr: float = 1.0  # the BatchNorm biases' lr as a multiple of --lr (airbench trains them 64x faster)
-    # exponential moving average of the weights, updated every step with this decay; what evaluation and the
-    # checkpoint's users see; 0 = off
-    ema: float = 0.0
-    # evaluation: after every N epochs and always after the last; 0 = after the last epoch only
-    val_every: int = 1
-    test_every: int = 1
-    tta: str = "none"  # test-time augmentation of every evaluation: none | flip | flip-shift (airbench's)
-    # speed
-    amp: str = "auto"  # auto | bf16 | fp16 | off
-    channels_last: bool = True
-    device: str = "auto"
-    threads: int | None = None
-    sync_bn: bool = False
-    # run
-    seed: int = 0
-    output: str = "runs"
-    name: str | None = None
-    resume: str | None = None
-    ckpt_interval: int = 0  # steps; 0 = save only at the end of each epoch
-    max_steps: int | None = None
+    zero_init_residual: bool = option(
+        False, group="model", help="start each residual branch at zero (last BN gamma = 0)"
+    )
+    pretrained: str | None = option(
+        None,
+        group="model",
+        metavar="SRC",
+        none="random initialisation",
+        help="start from these weights: a file, URL or `reslab weights` id; the classifier is re-initialised "
+        "for the dataset's classes and images are normalised as the weights expect",
+    )
+    freeze: str | None = option(
+        None, group="model", choices=FREEZE_MODES, none="train all", help="train only the classifier (a linear probe)"
+    )
+    dataset: str = option(
+        "fashion-mnist",
+        group="data",
+        choices=DATASETS,
+        help="imagefolder: --data-dir with one sub-folder per class; 'synthetic' is a tiny learnable stand-in",
+    )
+    data_dir: str | None = option(
+        None,
+        group="data",
+        none="$RESLAB_DATA, ~/.cache/reslab, then Debian's package",
+        help="folder with the Fashion-MNIST IDX files",
+    )
+    in_chans: int | None = option(
+        None,
+        group="data",
+        choices=IN_CHANS,
+        none="RGB, or the pretrained weights'",
+        help="imagefolder: decode images as grayscale (1) or RGB (3)",
+    )
+    image_size: int | None = option(
+        None,
+        group="data",
+        none="the pretrained weights' resize, else 32",
+        help="imagefolder: store images at this square size (shorter side resized, centre cropped)",
+    )
+    crop_size: int | None = option(
+        None,
+        group="data",
+        none="the pretrained weights' crop on an image folder, else the whole image",
+        help="crop of the stored images the model sees (random in training, the centre one in evaluation)",
+    )
+    random_resized_crop: bool = option(False, group="data", help="Inception-style random crops of 8-100% of the image")
+    skip_bad_images: bool = option(
+        False, group="data", help="imagefolder: leave out unreadable images (counted) instead of stopping"
+    )
+    # held out of the training images, fixed by `seed`; the test set only reports
+    val_size: int | None = option(
+        None,
+        group="data",
+        none="5000 for Fashion-MNIST, a tenth of the set otherwise",
+        help="images held out of the training set for choosing hyperparameters",
+    )
+    train_subset: int | None = option(
+        None, group="data", none="all", help="train on only the first N images of the training split"
+    )
+    resize: int | None = option(
+        None, group="data", none="28, the images' own", help="train and evaluate at this square size"
+    )
+    crop_padding: int = option(0, group="data", help="random-crop padding in pixels (0 turns cropping off)")
+    hflip: bool = option(False, group="data", help="random horizontal flips")
+    hflip_mode: str = option(
+        "random",
+        group="data",
+        choices=HFLIP_MODES,
+        help="with --hflip: 'random' flips each image with p=0.5 every epoch; 'alternate' flips it at random in "
+        "the first epoch and then in every other one (airbench)",
+    )
+    # Zhong et al. 2017
+    random_erasing: float = option(0.0, group="data", help="probability of erasing a random box of each training image")
+    # the default recipe's optimisation was chosen on the validation split (see the docs, Training)
+    epochs: int = option(3, group="optimisation", help="passes over the training split")
+    batch_size: int = option(
+        128, group="optimisation", short="-b", help="images per step per process (global = this x world size)"
+    )
+    lr: float = option(
+        0.4, group="optimisation", help="peak learning rate for --batch-size images (scaled with world size)"
+    )
+    opt: str = option("sgd", group="optimisation", choices=OPTIMIZERS, help="optimiser (sgd uses Nesterov momentum)")
+    momentum: float = option(0.9, group="optimisation", help="SGD momentum, in [0, 1)")
+    nesterov: bool = option(True, group="optimisation", help="Nesterov momentum for SGD")
+    weight_decay: float = option(
+        5e-4, group="optimisation", help="L2 penalty on conv and linear weights (not on BN or biases)"
+    )
+    sched: str = option(
+        "onecycle",
+        group="optimisation",
+        choices=SCHEDULES,
+        help="lr after warm-up: linear to 0, cosine to 0, x0.1 at 50% and 75%, or constant",
+    )
+    warmup_epochs: float = option(0.5, group="optimisation", help="linear lr warm-up from 0, in epochs")
+    label_smoothing: float = option(0.1, group="optimisation", help="label smoothing of the cross-entropy, in [0, 1)")
+    # airbench trains the BatchNorm biases 64x faster
+    bn_bias_lr: float = option(
+        1.0, group="optimisation", help="learning rate of the BatchNorm biases, as a multiple of --lr"
+    )
+    ema: float = option(
+        0.0,
+        group="optimisation",
+        help="decay of an exponential moving average of the weights, updated every step; evaluation, best.pt, "
+        "eval and predict then use the average (0: off)",
+    )
+    val_every: int = option(
+        1, group="evaluation", help="evaluate the val split every N epochs and after the last (0: last only)"
+    )
+    test_every: int = option(
+        1, group="evaluation", help="evaluate the test split every N epochs and after the last (0: last only)"
+    )
+    tta: str = option(
+        "none",
+        group="evaluation",
+        choices=TTA_MODES,
+        help="test-time augmentation of every evaluation: average over the image and its mirror ('flip', 2 passes), "
+        "and its 1-pixel shifts ('flip-shift', 6 passes)",
+    )
+    amp: str = option("auto", group="speed", choices=AMP_MODES, help="mixed precision ('auto': bf16 where it is fast)")
+    channels_last: bool = option(True, group="speed", help="NHWC memory format for the model and batches")
+    device: str = option("auto", group="speed", choices=DEVICES, help="where to train")
+    threads: int | None = option(
+        None, group="speed", none="torch's choice, one per core", help="CPU threads per process"
+    )
+    sync_bn: bool = option(False, group="speed", help="synchronise BatchNorm statistics across processes (CUDA + DDP)")
+    seed: int = option(0, group="run", help="seeds the weights, the data order, the augmentation and the val split")
+    output: str = option("runs", group="run", help="parent folder of run folders")
+    name: str | None = option(
+        None, group="run", none="model and time, or model and torchrun's rendezvous id", help="run folder name"
+    )
+    resume: str | None = option(
+        None,
+        group="run",
+        none="a new run",
+        help="a checkpoint (last.pt) or run folder to continue; 'auto' resumes --output/--name "
+        "if it has a checkpoint (what torchrun restarts rely on)",
+    )
+    ckpt_interval: int = option(0, group="run", help="also save last.pt every N steps (0: only at epoch ends)")
+    max_steps: int | None = option(
+        None, group="run", none="train every epoch", help="stop after this many steps in total"
+    )
     progress: bool = True  # a tqdm bar on a terminal, one line per epoch elsewhere
-    # "tensorboard": events in the run folder (reslab.tblog; the optional extra reslab[tensorboard])
-    log: str = field(
-        default="none",
-        metadata={
-            "help": "also log to TensorBoard: per-step loss and lr, per-epoch accuracies and images/s, the "
-            "hyperparameters, a batch of images (needs `pip install -e '.[tensorboard]'`)",
-            "group": "run",
-            "choices": LOGGERS,
-        },
+    # "tensorboard": events in the run folder (reslab.tblog; the optional extra reslab[tensorboard]). --logger too:
+    # under torchrun, torchrun's own parser takes --log for an ambiguous abbreviation of its --log-dir
+    log: str = option(
+        "none",
+        group="run",
+        choices=LOGGERS,
+        aliases=("--logger",),
+        help="also log to TensorBoard, in the run folder (`tensorboard --logdir runs`): per-step loss and lr, "
+        "per-epoch accuracies and images/s, the hyperparameters, a batch of images (needs "
+        "`pip install -e '.[tensorboard]'`; under torchrun write --logger)",
     )
 
     def __post_init__(self) -> None:
@@ -114,13 +206,14 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def flag_name(field_name: str) -> str:
+    """The command-line flag of a TrainConfig field: batch_size -> --batch-size."""
+    return "--" + field_name.replace("_", "-")
 
 
 def _validate(c: TrainConfig) -> None:
     def bad(name: str, expected: str) -> ReslabError:
-        return ReslabError(f"{_flag(name)}: expected {expected}, got {getattr(c, name)!r}")
+        return ReslabError(f"{flag_name(name)}: expected {expected}, got {getattr(c, name)!r}")
 
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
@@ -143,14 +236,14 @@ def _validate(c: TrainConfig) -> None:
         ("val_every", is_int(c.val_every) and c.val_every >= 0, "0 (the last epoch only) or more epochs"),
         ("test_every", is_int(c.test_every) and c.test_every >= 0, "0 (the last epoch only) or more epochs"),
         ("resize", c.resize is None or (is_int(c.resize) and c.resize >= 8), "a size of at least 8 pixels"),
-        ("in_chans", c.in_chans in (None, 1, 3), "1 (grayscale) or 3 (RGB)"),
+        ("in_chans", c.in_chans in (None, *IN_CHANS), "1 (grayscale) or 3 (RGB)"),
         (
             "image_size",
             c.image_size is None or (is_int(c.image_size) and c.image_size >= 8),
             "a size of at least 8 pixels",
         ),
         ("crop_size", c.crop_size is None or (is_int(c.crop_size) and c.crop_size >= 8), "a size of at least 8 pixels"),
-        ("freeze", c.freeze in (None, "backbone"), "backbone"),
+        ("freeze", c.freeze in (None, *FREEZE_MODES), ", ".join(FREEZE_MODES)),
         ("crop_padding", is_int(c.crop_padding) and c.crop_padding >= 0, "0 or more pixels"),
         ("val_size", c.val_size is None or (is_int(c.val_size) and c.val_size >= 0), "0 or more images"),
         (
@@ -190,10 +283,9 @@ def _validate(c: TrainConfig) -> None:
 # "d2l" is the seeds' exact configuration (Dive into Deep Learning, ResNet chapter).
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
-    # the most accurate recipe measured; about 30 minutes on a 2-core CPU with bf16 by that CPU's ResNet-20 throughput
-    # (an estimate: it was timed only without bf16, README, Training):
-    # ResNet-20 for 27 epochs with 2-pixel random crops, alternating flips and an EMA of the weights; evaluated with
-    # flip-and-shift TTA, which raised its validation accuracy from 94.72% to 95.08% (flip alone: 94.96%)
+    # the most accurate recipe measured (its figures: the docs, Training): ResNet-20 for 27 epochs with 2-pixel random
+    # crops, alternating flips and an EMA of the weights; evaluated with flip-and-shift TTA, chosen on the validation
+    # split
     "best": dict(
         model="resnet20",
         epochs=27,
@@ -253,10 +345,11 @@ def make_config(recipe: str = "default", **overrides: Any) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def default_text(name: str, *, none: str = "none") -> str:
+def default_text(name: str, *, none: str | None = None) -> str:
     """'default: X' for a TrainConfig field, plus each recipe's value where the recipe changes it (for --help).
-    `none` says what a None default means."""
+    `none` says what a None default means (default: the field's own "none" metadata)."""
     f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    none = none if none is not None else f.metadata.get("none", "none")
     value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     parts = [f"default: {_show(value, none)}"]
     parts += [f"{r}: {_show(v[name], none)}" for r, v in RECIPES.items() if name in v and v[name] != value]
@@ -363,7 +456,7 @@ def study_options(name: str, *, quick: bool = False, **given: Any) -> Any:
         if v is None:
             v = f.metadata["quick"] if quick else f.default
         elif not isinstance(v, (bool, tuple)) and v < f.metadata["least"]:
-            raise ReslabError(f"{_flag(f.name)}: expected at least {f.metadata['least']:g}, got {v:g}")
+            raise ReslabError(f"{flag_name(f.name)}: expected at least {f.metadata['least']:g}, got {v:g}")
         values[f.name] = v
     if given:
         raise TypeError(f"{name}: unknown options {sorted(given)}")

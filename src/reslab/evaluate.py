@@ -13,18 +13,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from reslab import distributed as D
-from reslab.backends import Runner, is_onnx, load_onnx
-from reslab.checkpoint import describe_os_error, ensure_folder, read_checkpoint, trained_model
+from reslab.backends import OnnxModel, Runner, load_model
+from reslab.checkpoint import TrainedModel, describe_os_error, ensure_folder
 from reslab.config import TTA_MODES, TrainConfig, make_config
-from reslab.data import BatchLoader, Dataset, folder_options, input_pipeline, load_dataset, make_splits
-from reslab.device import autocast, pick_device, resolve_amp
+from reslab.data import BatchLoader, Dataset, LoaderSpec, folder_options, input_pipeline, load_dataset, make_splits
+from reslab.data.splits import Split, Splits
+from reslab.device import autocast, resolve_amp
 from reslab.errors import ReslabError
 from reslab.plots import plot_confusion_matrix
 
@@ -116,38 +116,6 @@ def per_class_table(confusion: torch.Tensor, classes: tuple[str, ...] | list[str
 
 
 @dataclass(frozen=True)
-class _Loaded:
-    names: dict[str, Any]  # path, model_name, epoch: what the report names
-    config: TrainConfig | None  # None: weights only (from `reslab convert`)
-    classes: tuple[str, ...]
-    input_size: tuple[int, int, int]  # (C, H, W) the model takes
-    preprocess: dict[str, Any] | None
-    model: nn.Module | Runner
-    device: torch.device
-    amp_dtype: torch.dtype | None
-
-
-def _load_for_eval(checkpoint: str | Path, device: str) -> _Loaded:
-    """A checkpoint trained by reslab or converted by `reslab convert`, or an ONNX file exported from one (ONNX
-    Runtime on the CPU)."""
-    if is_onnx(checkpoint):  # the run's config is in the file's metadata
-        if str(device) not in ("auto", "cpu"):
-            raise ReslabError(f"--device {device}: an ONNX file runs on the CPU (ONNX Runtime's CPU build); use cpu")
-        m = load_onnx(checkpoint)
-        names = {"path": m.path, "model_name": m.model_name, "epoch": m.epoch}
-        return _Loaded(names, m.config, m.classes, m.input_size, m.preprocess, m.runner, m.runner.device, None)
-    ckpt = read_checkpoint(checkpoint)
-    dev = pick_device(device)
-    trained = trained_model(ckpt)
-    config = trained.config
-    channels_last = config is not None and config.channels_last
-    model = trained.model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    amp_dtype = resolve_amp(config.amp, dev) if config is not None else None
-    names = {"path": ckpt["path"], "model_name": ckpt["model_name"], "epoch": ckpt.get("epoch")}
-    return _Loaded(names, config, trained.classes, trained.input_size, trained.preprocess, model, dev, amp_dtype)
-
-
-@dataclass(frozen=True)
 class CheckpointEval:
     result: EvalResult
     split: str
@@ -187,22 +155,10 @@ def evaluate_checkpoint(
         raise ReslabError(f"--batch-size: expected a positive batch size, got {batch_size}")
     if tta is not None and tta not in TTA_MODES:
         raise ReslabError(f"--tta: expected one of {', '.join(TTA_MODES)}, got {tta!r}")
-    m = _load_for_eval(checkpoint, device)
-    path = m.names["path"]
+    m = load_model(checkpoint, device)
     # before the work: an unusable --output is a mistake to report now, not after the evaluation
-    folder = ensure_folder(Path(output) if output is not None else Path(path).parent, flag="--output")
-    config = m.config
-    if config is None:  # weights only: the data is the user's to name
-        if dataset is None and data is None:
-            raise ReslabError(
-                f"checkpoint {path!r}: holds weights only, with no record of the data it was trained on: give "
-                "--dataset (and --data-dir) to evaluate it on"
-            )
-        config = make_config(dataset=dataset or "imagefolder", data_dir=data_dir, val_size=0, channels_last=False)
-        if (m.preprocess or {}).get("style", "fashion-mnist") == "fashion-mnist" and m.input_size[1] != 28:
-            config = dataclasses.replace(config, resize=m.input_size[1])  # trained at --resize (the seeds' 96)
-    elif dataset is not None and dataset != config.dataset:
-        raise ReslabError(f"--dataset {dataset}: the run in {path} was trained on {config.dataset}; leave it out")
+    folder = ensure_folder(Path(output) if output is not None else Path(m.path).parent, flag="--output")
+    config = _data_config(m, dataset, data_dir, data_given=data is not None)
     if data is None:
         options = folder_options(config, m.preprocess)
         data = load_dataset(config.dataset, data_dir if data_dir is not None else config.data_dir, **options)
@@ -210,7 +166,68 @@ def evaluate_checkpoint(
         raise ReslabError(
             f"--dataset {config.dataset}: {data.source} has {len(data.classes)} classes, the model {len(m.classes)}"
         )
-    splits = make_splits(data, config)
+    split, chosen = _choose_split(make_splits(data, config), split, m)
+    model, amp_dtype = _runnable(m)
+    mean, std, crop = input_pipeline(config, data, m.preprocess)
+    loader = BatchLoader(
+        *chosen,
+        LoaderSpec(
+            batch_size=batch_size,
+            train=False,
+            resize=config.resize,
+            crop_size=crop,
+            mean=mean,
+            std=std,
+            channels_last=config.channels_last and isinstance(model, nn.Module),
+        ),
+        device=_device_of(model),
+    )
+    if tta is None:
+        tta = m.config.tta if m.config is not None else "none"
+    result = evaluate(model, loader, num_classes=len(m.classes), amp_dtype=amp_dtype, tta=tta)
+    image = _report(m, result, split, tta, folder, quiet=quiet)
+    return CheckpointEval(result=result, split=split, classes=m.classes, image=image)
+
+
+def _runnable(m: TrainedModel | OnnxModel) -> tuple[nn.Module | Runner, torch.dtype | None]:
+    """(what computes the logits, its autocast dtype): ONNX Runtime for an ONNX file; else the checkpoint's model in
+    the memory format and mixed precision it was trained with (fp32 for a weights-only checkpoint)."""
+    if isinstance(m, OnnxModel):
+        return m.runner, None
+    if m.config is None:
+        return m.model.to(memory_format=torch.contiguous_format), None
+    device = _device_of(m.model)
+    channels_last = torch.channels_last if m.config.channels_last else torch.contiguous_format
+    return m.model.to(memory_format=channels_last), resolve_amp(m.config.amp, device)
+
+
+def _device_of(model: nn.Module | Runner) -> torch.device:
+    return next(model.parameters()).device if isinstance(model, nn.Module) else model.device
+
+
+def _data_config(
+    m: TrainedModel | OnnxModel, dataset: str | None, data_dir: str | None, *, data_given: bool
+) -> TrainConfig:
+    """The config that says which data, split and preprocessing to evaluate on: the run's own, or for weights only
+    (`reslab convert`'s), `dataset` (an image folder when the data is given) with the model's input size."""
+    config = m.config
+    if config is None:  # weights only: the data is the user's to name
+        if dataset is None and not data_given:
+            raise ReslabError(
+                f"checkpoint {m.path!r}: holds weights only, with no record of the data it was trained on: give "
+                "--dataset (and --data-dir) to evaluate it on"
+            )
+        config = make_config(dataset=dataset or "imagefolder", data_dir=data_dir, val_size=0, channels_last=False)
+        if (m.preprocess or {}).get("style", "fashion-mnist") == "fashion-mnist" and m.input_size[1] != 28:
+            config = dataclasses.replace(config, resize=m.input_size[1])  # trained at --resize (the seeds' 96)
+    elif dataset is not None and dataset != config.dataset:
+        raise ReslabError(f"--dataset {dataset}: the run in {m.path} was trained on {config.dataset}; leave it out")
+    return config
+
+
+def _choose_split(splits: Splits, split: str | None, m: TrainedModel | OnnxModel) -> tuple[str, Split]:
+    """(the split's name, its images and labels): `split`, or by default test, or val for data without a test split;
+    all of an image folder without sub-folders for a weights-only checkpoint."""
     if split is None:  # the test split, or the validation split of data without one (an image folder)
         split = "test" if splits.test is not None or splits.val is None else "val"
     chosen = splits.get(split)
@@ -218,22 +235,15 @@ def evaluate_checkpoint(
         split, chosen = "all", splits.train  # a folder of images without train/val/test sub-folders: all of it
     if chosen is None:
         why = "was trained with --val-size 0" if split == "val" else f"has no {split} split"
-        raise ReslabError(f"--split {split}: the data of {path} {why}")
-    mean, std, crop = input_pipeline(config, data, m.preprocess)
-    loader = BatchLoader(
-        *chosen,
-        batch_size=batch_size,
-        train=False,
-        resize=config.resize,
-        crop_size=crop,
-        mean=mean,
-        std=std,
-        device=m.device,
-        channels_last=config.channels_last and isinstance(m.model, nn.Module),
-    )
-    if tta is None:
-        tta = m.config.tta if m.config is not None else "none"
-    result = evaluate(m.model, loader, num_classes=len(m.classes), amp_dtype=m.amp_dtype, tta=tta)
+        raise ReslabError(f"--split {split}: the data of {m.path} {why}")
+    return split, chosen
+
+
+def _report(
+    m: TrainedModel | OnnxModel, result: EvalResult, split: str, tta: str, folder: Path, *, quiet: bool
+) -> Path:
+    """Write the confusion matrix image into `folder` and (unless `quiet`) print the accuracy and per-class table;
+    returns the image's path."""
     with_tta = "" if tta == "none" else f" with test-time augmentation {tta}"
     image = folder / ("confusion_matrix.png" if split == "test" else f"confusion_matrix_{split}.png")
     try:
@@ -241,16 +251,16 @@ def evaluate_checkpoint(
             result.confusion,
             m.classes,
             image,
-            title=f"{Path(path).name} on {split}{with_tta}: {100 * result.accuracy:.2f}%",
+            title=f"{Path(m.path).name} on {split}{with_tta}: {100 * result.accuracy:.2f}%",
         )
     except OSError as e:
         raise ReslabError(f"cannot write {str(image)!r}: {describe_os_error(e)}") from None
     if not quiet:
-        epoch = f", epoch {m.names['epoch']}" if m.names.get("epoch") is not None else ""
+        epoch = f", epoch {m.epoch}" if m.epoch is not None else ""
         print(
-            f"{path} ({m.names['model_name']}{epoch}) on the {split} split{with_tta}: "
+            f"{m.path} ({m.model_name}{epoch}) on the {split} split{with_tta}: "
             f"accuracy {100 * result.accuracy:.2f}% ({result.correct:,} of {result.total:,})"
         )
         print(per_class_table(result.confusion, m.classes))
         print(f"confusion matrix: {image}")
-    return CheckpointEval(result=result, split=split, classes=m.classes, image=image)
+    return image

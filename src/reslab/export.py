@@ -3,7 +3,7 @@
 - onnx: torch's own exporter (`torch.onnx.export(..., dynamo=True)`: torch.export, then onnxscript's translation and
   optimiser), one self-contained file with input "input" (batch, C, H, W), the batch dimension symbolic, and output
   "logits" (batch, num_classes); reslab's description of the model (classes, preprocessing, ...) is in its
-  metadata_props (see reslab.formats). Runs in ONNX Runtime, `reslab predict` and `reslab eval`.
+  metadata_props (see reslab.metadata). Runs in ONNX Runtime, `reslab predict` and `reslab eval`.
 - pt2: `torch.export` of the model, saved by `torch.export.save` with the description as an extra file
   ("reslab.json"). `torch.export.load` reads it back without reslab, but only with the torch version that wrote it.
 - safetensors: the state_dict (every buffer included) and the description in the header. No code, readable from any
@@ -36,17 +36,12 @@ from torch import nn
 
 from reslab.atomic import atomic_path, write_bytes
 from reslab.backends import INPUT_NAME, OUTPUT_NAME, check_input_size, load_onnx
-from reslab.checkpoint import model_from_checkpoint, read_checkpoint, trained_model
+from reslab.checkpoint import model_from_checkpoint, read_checkpoint, state_dict_differences, trained_model
 from reslab.errors import ReslabError
-from reslab.formats import (
-    describe,
-    read_safetensors,
-    require,
-    state_dict_differences,
-    to_strings,
-    write_safetensors,
-)
+from reslab.metadata import describe, to_strings
+from reslab.optional import require
 from reslab.predict import image_batch
+from reslab.safetensors_io import read_safetensors, write_safetensors
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "safetensors": ".safetensors"}
 PT2_METADATA = "reslab.json"  # the extra file of a .pt2 archive that holds reslab's description

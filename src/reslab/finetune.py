@@ -1,9 +1,9 @@
 """Starting from pretrained weights: what the weights expect of an image (normalisation, size, crop), the model
 fitted to the dataset's classes, and a frozen backbone for a linear probe.
 
-    pre = weights_preprocess(config)                 # before the data: an image folder is decoded at its size
-    data = load_dataset(config.dataset, config.data_dir, **folder_options(config, pre))
-    model, report = pretrained_model(config, in_chans=3, num_classes=10)
+    weights = read_pretrained(config)                # read and verified once; None without --pretrained
+    data = load_dataset(config.dataset, config.data_dir, **folder_options(config, weights and weights.preprocess))
+    model, kwargs, report = pretrained_model(config, weights, in_chans=3, num_classes=10)
     frozen = freeze_backbone(model)                  # --freeze backbone: only the classifier trains
 """
 
@@ -15,26 +15,26 @@ from torch import nn
 
 from reslab.config import TrainConfig
 from reslab.errors import ReslabError
-from reslab.weights import load_pretrained, locate
+from reslab.weights import WeightsFile, load_pretrained, read_weights
 from reslab.weights.adapt import classifier
-from reslab.weights.load import read_source
 
 
-def weights_preprocess(config: TrainConfig) -> dict[str, Any] | None:
-    """The "preprocess" dict of config.pretrained's weights (None without weights, or when they record none)."""
+def read_pretrained(config: TrainConfig) -> WeightsFile | None:
+    """config.pretrained's weights, found, verified and parsed (None without --pretrained): the file is read here
+    once; its preprocessing decides how the data is decoded, its tensors then go into the model."""
     if config.pretrained is None:
         return None
-    return read_source(locate(config.pretrained)).preprocess
+    return read_weights(config.pretrained)
 
 
 def pretrained_model(
-    config: TrainConfig, *, in_chans: int, num_classes: int
+    config: TrainConfig, weights: WeightsFile, *, in_chans: int, num_classes: int
 ) -> tuple[nn.Module, dict[str, Any], list[str]]:
-    """(config.model with config.pretrained's weights, its build_model kwargs, the report): the first convolution
+    """(config.model with the `weights` read_pretrained read, its build_model kwargs, the report): the first convolution
     fitted to `in_chans`, the classifier to `num_classes` (re-initialised when the count differs); the kwargs
     include what the weights need (akamaster's option-A padding, Caffe's stem pool and stride placement)."""
     pre = load_pretrained(
-        config.pretrained,
+        weights,
         config.model,
         in_chans=in_chans,
         num_classes=num_classes,

@@ -1,6 +1,6 @@
 """One epoch of training, and the Ctrl-C request that can stop it at a step boundary.
 
-    result = train_one_epoch(model, loader, optimizer, schedule=Schedule(...), step=0, epoch=0)
+    result = train_one_epoch(state, stop=stop, save=save)     # state: reslab.runstate.RunState
 
 Running sums stay on the device; the only per-step host sync is the finiteness check of the loss, which under DDP is
 all-reduced together with the Ctrl-C flag so that every rank stops at the same step.
@@ -12,20 +12,18 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 from reslab import distributed as D
 from reslab.checkpoint import EpochProgress
-from reslab.data import BatchLoader
 from reslab.device import autocast
-from reslab.ema import EMA
 from reslab.optim import set_lr
+from reslab.runstate import RunState
 
 
 class StopRequest:
@@ -67,73 +65,39 @@ class EpochResult:
 
 
 def train_one_epoch(
-    model: nn.Module,
-    loader: BatchLoader,
-    optimizer: torch.optim.Optimizer,
+    state: RunState,
     *,
-    schedule: Callable[[int], float],
-    step: int,
-    epoch: int,
-    start_step: int = 0,
-    progress: EpochProgress | None = None,
-    amp_dtype: torch.dtype | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    label_smoothing: float = 0.0,
-    ema: EMA | None = None,
     stop: StopRequest | None = None,
-    max_steps: int | None = None,
-    ckpt_interval: int = 0,
     save: Callable[[int, int, EpochProgress], None] | None = None,
     bar_desc: str | None = None,
-    frozen: Sequence[nn.Module] = (),
     on_step: Callable[[int, torch.Tensor, float], None] | None = None,
 ) -> EpochResult:
-    """Train `model` on the rest of epoch `epoch` of `loader`, from `start_step` (global step `step`).
+    """Train state.train_model on the rest of epoch state.pos.epoch, from state.pos.step_in_epoch (global step
+    state.pos.step, the epoch's running sums so far state.pos.progress); `state` itself is not moved on.
 
-    `schedule(step)` is the learning rate of each optimizer step. Every `ckpt_interval` global steps inside the epoch,
-    `save(step, step_in_epoch, progress)` is called (all ranks). `progress` carries the running sums of an epoch
-    resumed mid-way. `ema`, if given, is updated after every step. `bar_desc` shows a progress bar with that title on
-    stderr. The loop stops early, at a step boundary, on Ctrl-C, at `max_steps`, or before applying a step whose loss
-    is not finite. `frozen` modules stay in eval mode (a frozen backbone's BatchNorm keeps its statistics).
-    `on_step(step, loss, lr)`, if given, is called after each optimizer step with the step count (1-based), the
-    step's loss (a 0-dim tensor on the device) and its learning rate (TensorBoard's per-step scalars).
-    """
-    device = loader.device
-    world = D.world_size()
-    progress = progress or EpochProgress()
-    loss_sum = torch.tensor(progress.loss_sum, device=device, dtype=torch.float32)
-    correct = torch.tensor(int(progress.correct), device=device)
-    seen = seen_at_start = progress.seen  # images, summed over ranks
-    steps = len(loader)
-    bar = tqdm(
-        total=steps,
-        initial=start_step,
-        desc=bar_desc,
-        leave=False,
-        dynamic_ncols=True,
-        file=sys.stderr,
-        disable=bar_desc is None,
-    )
-    stopped, bad_loss, lr = None, None, schedule(step)
-    step_in_epoch = start_step
-
-    def sums(elapsed: float) -> EpochProgress:
-        """The running sums over all ranks (a checkpoint stores these; on resume rank 0 restarts from them)."""
-        t = D.all_reduce_sum(torch.stack([loss_sum.double(), correct.double()]))
-        loss_total, correct_total = t.tolist()
-        return EpochProgress(loss_sum=loss_total, correct=correct_total, seen=seen, train_time=elapsed)
-
+    The lr of each step is state.schedule(step); the EMA, if any, is updated after every step, then `on_step(step,
+    loss, lr)` (1-based step, the loss a 0-dim tensor on the device: TensorBoard's scalars). Every --ckpt-interval
+    steps, `save(step, step_in_epoch, progress)` (all ranks). `bar_desc` shows a progress bar on stderr. It stops at
+    a step boundary on Ctrl-C, at --max-steps, or before applying a step whose loss is not finite. Frozen modules
+    stay in eval mode (a frozen backbone's BatchNorm keeps its statistics)."""
+    config, pos, loader = state.config, state.pos, state.loaders["train"]
+    device, steps = loader.device, len(loader)
+    tally = _Tally(pos.progress, device)
+    step, step_in_epoch = pos.step, pos.step_in_epoch
+    bar = _Bar(bar_desc, steps, step_in_epoch, tally)
+    stopped, bad_loss, lr = None, None, state.schedule(step)
+    model, optimizer, scaler = state.train_model, state.optimizer, state.scaler
     model.train()
-    for module in frozen:
+    for module in state.frozen:
         module.eval()
-    loader.set_epoch(epoch)
-    t0 = shown = time.perf_counter()
-    for x, y in loader.iter_from(start_step):
-        lr = schedule(step)
+    loader.set_epoch(pos.epoch)
+    t0 = time.perf_counter()
+    for x, y in loader.iter_from(step_in_epoch):
+        lr = state.schedule(step)
         set_lr(optimizer, lr)
-        with autocast(device, amp_dtype):
+        with autocast(device, state.run.amp_dtype):
             logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -151,46 +115,95 @@ def train_one_epoch(
             optimizer.step()
         step += 1
         step_in_epoch += 1
-        if ema is not None:
-            ema.update(step)
+        if state.ema is not None:
+            state.ema.update(step)
         if on_step is not None:
             on_step(step, loss.detach(), lr)
 
-        loss_sum += loss.detach().float() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += len(y) * world
-        if not bar.disable:
-            now = time.perf_counter()
-            if now - shown > 0.5:  # reading the running sums waits for the device: twice a second is enough
-                shown, mine = now, (seen - seen_at_start) / world + seen_at_start
-                bar.set_postfix_str(
-                    f"loss {loss_sum.item() / mine:.4f}, acc {correct.item() / mine:.3f}, "
-                    f"{seen / (progress.train_time + now - t0):.0f} img/s",
-                    refresh=False,
-                )
-            bar.update()
+        tally.add(loss, logits, y)
+        bar.update(t0)
 
         if stop_now:
             stopped = "interrupt"
             break
-        if max_steps is not None and step >= max_steps:
+        if config.max_steps is not None and step >= config.max_steps:
             stopped = "max_steps"
             break
-        if save is not None and ckpt_interval and step % ckpt_interval == 0 and step_in_epoch < steps:
-            save(step, step_in_epoch, sums(progress.train_time + time.perf_counter() - t0))
+        if save is not None and config.ckpt_interval and step % config.ckpt_interval == 0 and step_in_epoch < steps:
+            save(step, step_in_epoch, tally.sums(time.perf_counter() - t0))
 
     bar.close()
     seconds = time.perf_counter() - t0
     return EpochResult(
-        progress=sums(progress.train_time + seconds),
+        progress=tally.sums(seconds),
         step=step,
         step_in_epoch=step_in_epoch,
         stopped=stopped,
-        images=seen - seen_at_start,
+        images=tally.seen - tally.before.seen,
         seconds=seconds,
         lr=lr,
         bad_loss=bad_loss,
     )
+
+
+class _Tally:
+    """The epoch's running sums, kept on the device (no host sync per step), on top of those it resumed with."""
+
+    def __init__(self, before: EpochProgress, device: torch.device):
+        self.before, self.world = before, D.world_size()
+        self.loss_sum = torch.tensor(before.loss_sum, device=device, dtype=torch.float32)
+        self.correct = torch.tensor(int(before.correct), device=device)
+        self.seen = before.seen  # images, summed over ranks
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss_sum += loss.detach().float() * len(y)
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.seen += len(y) * self.world
+
+    def mine(self) -> float:
+        """Images this rank has seen in the epoch (the resumed-from part counts as rank 0's)."""
+        return (self.seen - self.before.seen) / self.world + self.before.seen
+
+    def sums(self, elapsed: float) -> EpochProgress:
+        """The running sums over all ranks, `elapsed` seconds of training after those resumed from (a checkpoint
+        stores these; on resume rank 0 restarts from them)."""
+        t = D.all_reduce_sum(torch.stack([self.loss_sum.double(), self.correct.double()]))
+        loss_total, correct_total = t.tolist()
+        train_time = self.before.train_time + elapsed
+        return EpochProgress(loss_sum=loss_total, correct=correct_total, seen=self.seen, train_time=train_time)
+
+
+class _Bar:
+    """A tqdm bar on stderr (none when `desc` is None) whose postfix shows this rank's running loss and accuracy."""
+
+    def __init__(self, desc: str | None, steps: int, initial: int, tally: _Tally):
+        self.bar = tqdm(
+            total=steps,
+            initial=initial,
+            desc=desc,
+            leave=False,
+            dynamic_ncols=True,
+            file=sys.stderr,
+            disable=desc is None,
+        )
+        self.tally = tally
+        self.shown = time.perf_counter()
+
+    def update(self, t0: float) -> None:
+        if self.bar.disable:
+            return
+        now, t = time.perf_counter(), self.tally
+        if now - self.shown > 0.5:  # reading the running sums waits for the device: twice a second is enough
+            self.shown, mine = now, t.mine()
+            self.bar.set_postfix_str(
+                f"loss {t.loss_sum.item() / mine:.4f}, acc {t.correct.item() / mine:.3f}, "
+                f"{t.seen / (t.before.train_time + now - t0):.0f} img/s",
+                refresh=False,
+            )
+        self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _check_step(loss: torch.Tensor, stop: StopRequest | None) -> tuple[bool, bool]:

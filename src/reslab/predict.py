@@ -24,10 +24,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from reslab.backends import OnnxModel, Runner, TorchRunner, is_onnx, load_onnx
-from reslab.checkpoint import TrainedModel, ensure_folder, load_checkpoint
+from reslab.backends import OnnxModel, Runner, TorchRunner, load_model
+from reslab.checkpoint import TrainedModel, ensure_folder
 from reslab.data.transforms import MEAN, STD, prepare_batch
-from reslab.device import pick_device
 from reslab.errors import ReslabError
 from reslab.understand import grad_cam, save_cam_overlay
 
@@ -131,7 +130,7 @@ def _like_fashion_mnist(a: np.ndarray, size: int) -> torch.Tensor:
     A grey background (a photo) is first mapped to black by stretching the levels, so that it is trimmed and the
     padding matches it. A light background (a dark object without --invert) is left alone: it is kept as the padding.
     An image already `size` x `size` is taken as it is: it is in the dataset's format (re-trimming an exported test
-    image would shift or rescale it, and cost 0.45 points of accuracy on 2,000 of them).
+    image would shift or rescale it, and costs accuracy).
     """
     if a.shape == (size, size):
         return torch.from_numpy(a.copy())
@@ -250,23 +249,10 @@ def _check_natural(trained: TrainedModel) -> dict[str, Any]:
 # the model
 
 
-def _load(source: TrainedModel | OnnxModel | str | Path, device: str) -> TrainedModel | OnnxModel:
-    """The TrainedModel from a checkpoint path or a loaded one, in eval mode on `device`; or an exported ONNX file."""
-    if isinstance(source, OnnxModel) or (not isinstance(source, TrainedModel) and is_onnx(source)):
-        if str(device) not in ("auto", "cpu"):
-            raise ReslabError(f"--device {device}: an ONNX file runs on the CPU (ONNX Runtime's CPU build); use cpu")
-        return source if isinstance(source, OnnxModel) else load_onnx(source)
-    dev = pick_device(device)
-    trained = source if isinstance(source, TrainedModel) else load_checkpoint(source, device=dev)
-    trained.model.to(dev).eval()
-    return trained
-
-
 def _runner(trained: TrainedModel | OnnxModel) -> Runner:
     """What computes the logits: ONNX Runtime for an ONNX file, else eager PyTorch (fp32, the default memory layout)."""
-    # benchmarks/inference.py (AMD EPYC, AVX2, 1 thread): ONNX Runtime had 1.6-5.5x lower latency at batch 1 than
-    # eager fp32 (ResNet-50, ResNet-20), but needs an export first; channels_last measured 1.0-1.2x, not clearly
-    # faster, and torch.compile takes 10 s to minutes to compile: so a checkpoint runs eager fp32 NCHW
+    # eager fp32 NCHW: faster than eager at batch 1 needs an export to ONNX first, channels_last was not clearly
+    # faster and torch.compile takes long to compile (the measurements: benchmarks/inference.py and the docs)
     return trained.runner if isinstance(trained, OnnxModel) else TorchRunner(trained.model)
 
 
@@ -313,7 +299,7 @@ def predict(
     from `reslab.load_checkpoint`; `images` are file paths or PIL images. Raises ReslabError on the first unreadable
     image (see `predict_files` to go on).
     """
-    trained = _load(checkpoint, device)
+    trained = load_model(checkpoint, device)
     if not images:
         return []
     return _topk(trained, torch.stack([_read(trained, im, invert=invert) for im in images]), topk=topk)
@@ -397,7 +383,7 @@ def predict_files(
         raise ReslabError(f"--topk: expected a positive number of classes, got {topk}")
     if cam_class is not None and cam_dir is None:
         raise ReslabError("--cam-class: chooses the class of the heat maps, so it needs --cam DIR")
-    trained = _load(checkpoint, device)
+    trained = load_model(checkpoint, device)
     if cam_dir is not None and isinstance(trained, OnnxModel):
         raise ReslabError("--cam: Grad-CAM needs the model's gradients: a PyTorch checkpoint (.pt), not an ONNX file")
     target = None if cam_class is None else class_index(trained.classes, cam_class)

@@ -31,6 +31,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -44,7 +45,7 @@ from reslab import distributed as D
 from reslab.atomic import write_bytes
 from reslab.checkpoint import CHECKPOINT_NAMES, read_checkpoint, trained_model
 from reslab.config import TrainConfig
-from reslab.data import BatchLoader, Dataset, folder_options, input_pipeline, load_dataset, make_splits, prepare_batch
+from reslab.data import BatchLoader, folder_options, input_pipeline, load_dataset, make_splits, prepare_batch
 from reslab.data.transforms import center_crop
 from reslab.device import autocast, describe_machine, machine_line, pick_device, resolve_amp
 from reslab.errors import ReslabError
@@ -58,6 +59,7 @@ from reslab.understand.cam import jet
 REPORT, STATE, MISTAKES, GRADCAM = "report.html", "report.json", "mistakes.png", "gradcam.png"
 MISTAKES_SHOWN = 24  # the grid: 4 rows of 6
 CAMS_SHOWN = 4  # Grad-CAM rows: the most confident mistakes
+ANALYSIS_BATCH = 256  # images per forward pass when a split is scored for the report
 LIVE_OVERHEAD = 0.05  # the per-epoch update may cost at most this fraction of the training time
 FIRST_UPDATE_S = 10.0  # and comes first after this long (an update costs about 0.3 s): a run of seconds is not watched
 REFRESH_S = 30  # a report of a run in progress reloads itself this often in a browser
@@ -164,7 +166,7 @@ class RunWatch:
         *,
         completed: bool,
         model: nn.Module,
-        data: Dataset,
+        classes: Sequence[str],
         splits: Any,
         mean: Sequence[float],
         std: Sequence[float],
@@ -178,19 +180,14 @@ class RunWatch:
             split = "test" if splits.test is not None else "val"
             chosen = splits.get(split)
             if chosen is not None:
-                device = next(model.parameters()).device
                 analysis = analyse(
                     model,
                     *chosen,
                     self.run_dir,
-                    classes=data.classes,
+                    classes=classes,
                     split=split,
                     weights=f"the final weights (epoch {history[-1]['epoch']}, step {history[-1]['step']})",
-                    mean=mean,
-                    std=std,
-                    crop=crop,
-                    resize=self.config.resize,
-                    device=device,
+                    pipe=Pipeline(mean, std, crop, self.config.resize),
                     amp_dtype=amp_dtype,
                     tta=self.config.tta,
                 )
@@ -238,6 +235,16 @@ def _display(images: Any, index: Sequence[int], crop: int | None) -> list[np.nda
     return out
 
 
+@dataclass(frozen=True)
+class Pipeline:
+    """What a stored image goes through before the model: resize, centre crop, normalisation."""
+
+    mean: Sequence[float]
+    std: Sequence[float]
+    crop: int | None
+    resize: int | None
+
+
 def analyse(
     model: nn.Module,
     images: Any,
@@ -247,19 +254,17 @@ def analyse(
     classes: Sequence[str],
     split: str,
     weights: str,
-    mean: Sequence[float],
-    std: Sequence[float],
-    crop: int | None,
-    resize: int | None,
-    device: torch.device,
+    pipe: Pipeline,
     amp_dtype: torch.dtype | None = None,
     tta: str = "none",
-    batch_size: int = 256,
 ) -> dict[str, Any]:
-    """Score every image of a split, write mistakes.png and gradcam.png into run_dir, and return what report.json
-    keeps: the split, the confusion matrix, the mistakes shown (index, true, predicted, confidence)."""
+    """Score every image of a split with `model` (on its own device), write mistakes.png and gradcam.png into
+    run_dir, and return what report.json keeps: the split, the confusion matrix, the mistakes shown (index, true,
+    predicted, confidence)."""
+    device = next(model.parameters()).device
+    mean, std, crop, resize = pipe.mean, pipe.std, pipe.crop, pipe.resize
     loader = BatchLoader(
-        images, labels, batch_size=batch_size, train=False, resize=resize, crop_size=crop, mean=mean, std=std,
+        images, labels, batch_size=ANALYSIS_BATCH, train=False, resize=resize, crop_size=crop, mean=mean, std=std,
         device=device,
     )  # fmt: skip
     was_training = model.training
@@ -786,11 +791,7 @@ def _analyse_checkpoint(folder: Path, device: str) -> None:
         classes=trained.classes,
         split=split,
         weights=f"{path.name} (epoch {ckpt.get('epoch')}, step {ckpt.get('step')})",
-        mean=mean,
-        std=std,
-        crop=crop,
-        resize=config.resize,
-        device=dev,
+        pipe=Pipeline(mean, std, crop, config.resize),
         amp_dtype=resolve_amp(config.amp, dev),
         tta=config.tta,
     )

@@ -13,12 +13,11 @@ import io
 import json
 import time
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from reslab import distributed as D
 from reslab.atomic import FolderClaim, FolderInUse, claim_folder, write_text
@@ -32,10 +31,10 @@ from reslab.checkpoint import (
     recover_checkpoint_set,
     save_checkpoint,
 )
-from reslab.config import TrainConfig
-from reslab.ema import EMA
+from reslab.config import TrainConfig, flag_name
 from reslab.errors import NonFiniteLossError, ReslabError
 from reslab.plots import plot_confusion_matrix, plot_curves
+from reslab.runstate import RunState
 
 
 @dataclass(frozen=True)
@@ -45,87 +44,62 @@ class RunPlan:
     checkpoint: dict[str, Any] | None  # read_checkpoint()'s dict to resume from, or None for a new run
 
 
-@dataclass
-class RunPosition:
-    """Where a run is; with the model and optimizer, what its checkpoint records."""
+def save_last(state: RunState, *, step: int, step_in_epoch: int, progress: EpochProgress, best: bool = False) -> None:
+    """Write the run's last.pt for global step `step` from rank 0 (with `best`, best.pt first, the same bytes; every
+    rank calls it, so that all know which step is on disk); NonFiniteLossError (and nothing written) if the weights
+    are not finite, ReslabError (every rank) if the file cannot be written."""
+    check_finite(state, step)
+    run, pos = state.run, state.pos
+    error = None
+    if run.is_main:
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        saved = TrainState(
+            config=run.config.to_dict(),
+            **run.meta,
+            model=state.delivered.state_dict(),
+            optimizer=state.optimizer.state_dict(),
+            scaler=state.scaler.state_dict() if state.scaler is not None else None,
+            epoch=pos.epoch,
+            step=step,
+            step_in_epoch=step_in_epoch,
+            steps_per_epoch=state.steps_per_epoch,
+            world_size=run.world_size,
+            rng={"torch": torch.get_rng_state(), "cuda": cuda_rng},
+            history=pos.history,
+            best_val_acc=pos.best_val_acc,
+            epoch_progress=progress,
+            threads=torch.get_num_threads(),
+            live_model=state.model.state_dict() if state.ema is not None else None,
+        )
+        try:
+            save_checkpoint(saved, run.run_dir / "last.pt", best=run.run_dir / "best.pt" if best else None)
+        except ReslabError as e:
+            error = str(e)
+    error = D.broadcast_object(error)  # a full disk on rank 0 stops every rank, with rank 0's message
+    if error is not None:
+        raise ReslabError(error)
+    pos.saved_step = step
 
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimizer steps in all
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_val_acc: float | None = None
-    saved_step: int | None = None  # the step of the last.pt on disk, if any
-    elapsed_before: float = 0.0  # the run's wall time before this fit() call: elapsed_s counts on from it
+
+def check_finite(state: RunState, step: int) -> None:
+    """NonFiniteLossError on every rank if any rank's parameters or buffers hold a NaN or an infinity: a run whose
+    loss stays finite can still diverge (BatchNorm statistics overflow first)."""
+    bad = non_finite_tensors(state.model.state_dict())
+    count = D.all_reduce_sum(torch.tensor([len(bad)], device=next(state.model.parameters()).device)).item()
+    if count:
+        names = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise NonFiniteLossError(
+            f"training diverged: after step {step} (epoch {state.pos.epoch + 1}) the model holds NaN or infinite "
+            f"values{f' ({names})' if names else ''} although the loss was finite; training stopped, "
+            f"{on_disk(state)}. Try a lower --lr, a longer --warmup-epochs, or --amp off"
+        )
 
 
-@dataclass(frozen=True)
-class RunCheckpoints:
-    """Writes last.pt (and best.pt) from rank 0; every rank calls it, so that all know which step is on disk."""
-
-    run_dir: Path
-    is_main: bool
-    config: TrainConfig
-    meta: dict[str, Any]  # model_name, model_kwargs, input_size, classes: fixed for the run
-    model: nn.Module  # unwrapped
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
-    steps_per_epoch: int
-    world_size: int
-    ema: EMA | None = None  # the weights' moving average (--ema): saved as "model", the weights as "live_model"
-
-    def save_last(
-        self, pos: RunPosition, *, step: int, step_in_epoch: int, progress: EpochProgress, best: bool = False
-    ) -> None:
-        """Write last.pt for global step `step` (with `best`, best.pt first, the same bytes); NonFiniteLossError (and
-        nothing written) if the weights are not finite, ReslabError (every rank) if the file cannot be written."""
-        self.check_finite(pos, step)
-        error = None
-        if self.is_main:
-            cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-            state = TrainState(
-                config=self.config.to_dict(),
-                **self.meta,
-                model=(self.ema or self.model).state_dict(),
-                optimizer=self.optimizer.state_dict(),
-                scaler=self.scaler.state_dict() if self.scaler is not None else None,
-                epoch=pos.epoch,
-                step=step,
-                step_in_epoch=step_in_epoch,
-                steps_per_epoch=self.steps_per_epoch,
-                world_size=self.world_size,
-                rng={"torch": torch.get_rng_state(), "cuda": cuda_rng},
-                history=pos.history,
-                best_val_acc=pos.best_val_acc,
-                epoch_progress=progress,
-                threads=torch.get_num_threads(),
-                live_model=self.model.state_dict() if self.ema is not None else None,
-            )
-            try:
-                save_checkpoint(state, self.run_dir / "last.pt", best=self.run_dir / "best.pt" if best else None)
-            except ReslabError as e:
-                error = str(e)
-        error = D.broadcast_object(error)  # a full disk on rank 0 stops every rank, with rank 0's message
-        if error is not None:
-            raise ReslabError(error)
-        pos.saved_step = step
-
-    def check_finite(self, pos: RunPosition, step: int) -> None:
-        """NonFiniteLossError on every rank if any rank's parameters or buffers hold a NaN or an infinity: a run
-        whose loss stays finite can still diverge (BatchNorm statistics overflow first)."""
-        bad = non_finite_tensors(self.model.state_dict())
-        count = D.all_reduce_sum(torch.tensor([len(bad)], device=next(self.model.parameters()).device)).item()
-        if count:
-            names = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
-            raise NonFiniteLossError(
-                f"training diverged: after step {step} (epoch {pos.epoch + 1}) the model holds NaN or infinite "
-                f"values{f' ({names})' if names else ''} although the loss was finite; training stopped, "
-                f"{self.on_disk(pos)}. Try a lower --lr, a longer --warmup-epochs, or --amp off"
-            )
-
-    def on_disk(self, pos: RunPosition) -> str:
-        """What the run's last.pt holds, for a message about a stopped run (it is only ever written finite)."""
-        if pos.saved_step is None:
-            return "no checkpoint had been written yet"
-        return f"{self.run_dir / 'last.pt'} holds step {pos.saved_step}, with finite weights (untouched)"
+def on_disk(state: RunState) -> str:
+    """What the run's last.pt holds, for a message about a stopped run (it is only ever written finite)."""
+    if state.pos.saved_step is None:
+        return "no checkpoint had been written yet"
+    return f"{state.run.run_dir / 'last.pt'} holds step {state.pos.saved_step}, with finite weights (untouched)"
 
 
 def nothing_to_do(ckpt: dict[str, Any], config: TrainConfig) -> str | None:
@@ -137,47 +111,6 @@ def nothing_to_do(ckpt: dict[str, Any], config: TrainConfig) -> str | None:
     if config.max_steps is not None and ckpt["step"] >= config.max_steps:
         return f"nothing to do: {where}, already at --max-steps {config.max_steps}; resume with a larger --max-steps"
     return None
-
-
-def restore(
-    saved: TrainState,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    device: torch.device,
-    steps: int,
-    world: int,
-    is_main: bool,
-) -> tuple[RunPosition, int, EpochProgress]:
-    """Load a checkpoint's state; returns (the position, the step in the current epoch to start at, its sums)."""
-    model.load_state_dict(saved.live_model if saved.live_model is not None else saved.model)
-    optimizer.load_state_dict(saved.optimizer)
-    if scaler is not None and saved.scaler is not None:
-        scaler.load_state_dict(saved.scaler)
-    torch.set_rng_state(saved.rng["torch"])
-    cuda_states = saved.rng.get("cuda")
-    if device.type == "cuda" and cuda_states is not None and len(cuda_states) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_states)
-    progress = saved.epoch_progress
-    pos = RunPosition(
-        epoch=saved.epoch,
-        history=list(saved.history),
-        best_val_acc=saved.best_val_acc,
-        saved_step=saved.step,
-        # time between the stop and the resume is not counted; the stopped epoch's training time is
-        elapsed_before=(saved.history[-1]["elapsed_s"] if saved.history else 0.0) + progress.train_time,
-    )
-    step_in_epoch = saved.step_in_epoch
-    if saved.world_size == world and saved.steps_per_epoch == steps:
-        pos.step = saved.step
-    else:
-        # another world size (or batch size) gives another number of steps per epoch: continue at the same fraction
-        # of the epoch; the running sums still count the images already seen
-        step_in_epoch = min(steps, round(step_in_epoch * steps / saved.steps_per_epoch))
-        pos.step = pos.epoch * steps + step_in_epoch
-    if not is_main:
-        progress = EpochProgress()  # rank 0 carries the sums over all ranks
-    return pos, step_in_epoch, progress
 
 
 def default_name(config: TrainConfig) -> str:
@@ -255,10 +188,6 @@ MAY_CHANGE_ON_RESUME = tuple(
 )
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def plan_run(config: TrainConfig, explicit: Collection[str] | None, *, restarted: bool) -> RunPlan:
     """On rank 0: the config to use, the run folder and the checkpoint to resume (or None).
 
@@ -283,12 +212,12 @@ def plan_run(config: TrainConfig, explicit: Collection[str] | None, *, restarted
         raise ReslabError(f"--resume: {path} holds a {ckpt['model_name']} but --model is {config.model}")
     changed = [k for k in FIXED_ON_RESUME if getattr(config, k) != getattr(saved, k)]
     if changed:
-        was = ", ".join(f"{_flag(k)} {getattr(saved, k)!r}" for k in changed)
-        now = ", ".join(f"{_flag(k)} {getattr(config, k)!r}" for k in changed)
+        was = ", ".join(f"{flag_name(k)} {getattr(saved, k)!r}" for k in changed)
+        now = ", ".join(f"{flag_name(k)} {getattr(config, k)!r}" for k in changed)
         raise ReslabError(
             f"--resume: {path} was trained with {was}; {now} would change what its checkpoint means. Start a new "
             f"run for that (another --name), or resume without those flags; these may change on resume: "
-            f"{', '.join(map(_flag, MAY_CHANGE_ON_RESUME))}"
+            f"{', '.join(map(flag_name, MAY_CHANGE_ON_RESUME))}"
         )
     if explicit is not None and "name" in explicit and Path(config.output) / config.name != run_dir:
         run_dir = Path(config.output) / config.name  # continue in a new folder: the old one is left as it is

@@ -4,8 +4,9 @@
     from reslab.train import fit
     result = fit(make_config(epochs=2))       # result.test_acc, result.run_dir, result.model
 
-Top to bottom: devices and process group -> run folder (new, or the one being resumed) -> data -> model -> optimizer
-and schedule -> epochs of `train_one_epoch` + `evaluate` -> metrics, plots, checkpoints.
+Top to bottom: devices and process group -> run folder (new, or the one being resumed) -> `setup_run` (data, model,
+optimizer, schedule: a reslab.runstate.RunState) -> `resume` from a checkpoint -> epochs of `train_one_epoch` +
+`evaluate` -> metrics, plots, checkpoints.
 
 Resume is exact: the loader's order and augmentation are pure functions of (seed, epoch, step, rank) and the
 learning rate a pure function of the step, so a checkpoint only needs the model, optimizer, scaler, RNG and step
@@ -35,23 +36,26 @@ from reslab.device import amp_name, amp_warning, configure_device, resolve_amp, 
 from reslab.ema import EMA
 from reslab.errors import NonFiniteLossError, ReslabError
 from reslab.evaluate import evaluate
-from reslab.finetune import freeze_backbone, pretrained_model, weights_preprocess
+from reslab.finetune import freeze_backbone, pretrained_model, read_pretrained
 from reslab.loop import EpochResult, StopRequest, train_one_epoch
 from reslab.memory import check_training_memory
 from reslab.models import build_model
 from reslab.optim import Schedule, build_optimizer
 from reslab.report import RunWatch
 from reslab.rundir import (
-    RunCheckpoints,
-    RunPosition,
+    RunPlan,
+    check_finite,
     decide_run,
     nothing_to_do,
+    on_disk,
     release_run_folders,
-    restore,
+    save_last,
     write_config,
     write_metrics,
     write_plots,
 )
+from reslab.runstate import RunInfo, RunPosition, RunState
+from reslab.weights import WeightsFile
 
 
 @dataclass
@@ -81,22 +85,73 @@ def fit(config: TrainConfig, *, data: Dataset | None = None, explicit: Collectio
     threads = torch.get_num_threads()
     dist_info = D.setup(config.device)
     try:
-        return _fit(config, data, explicit, dist_info, t_start)
+        plan = decide_run(config, explicit, dist_info)
+        if plan.checkpoint is not None and (done := nothing_to_do(plan.checkpoint, plan.config)):
+            _sayer(plan.config, dist_info)(done)
+            return _result(
+                plan.config, plan.run_dir, _position_of(plan.checkpoint), model_from_checkpoint(plan.checkpoint)
+            )
+        state = setup_run(plan, dist_info, data=data, t_start=t_start)
+        if plan.checkpoint is not None:
+            resume(state, plan.checkpoint)
+        plan = None  # the checkpoint's optimizer state can be large
+        if state.run.is_main:
+            write_config(state.run.run_dir, state.config)
+        _announce(state)
+        watch = _watch(state)
+        try:
+            _train_epochs(state, watch)
+        finally:
+            if state.run.is_main:
+                write_metrics(state.run.run_dir, state.pos.history)
+                write_plots(state.run.run_dir, state.pos.history, state.confusion, state.run.classes)
+            watch.close(state.pos.history, state.pos.best_val_acc)
+        _check_ranks_agree(state)
+        state.model.eval()
+        _finish_report(state, watch)
+        return _result(state.config, state.run.run_dir, state.pos, state.delivered, state)
     finally:
         release_run_folders()  # the claim on the run folder (an empty one this run created is removed)
         D.cleanup(dist_info)
         torch.set_num_threads(threads)  # --threads is for this run, not for the rest of the caller's process
 
 
-def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistInfo, t_start: float) -> FitResult:
-    device, is_main, world = dist_info.device, dist_info.is_main, dist_info.world_size
-    plan = decide_run(config, explicit, dist_info)
-    config, run_dir = plan.config, plan.run_dir
-    say = print if (is_main and config.progress) else (lambda *a, **k: None)
-    if plan.checkpoint is not None and (done := nothing_to_do(plan.checkpoint, config)):
-        say(done)
-        return _result_of(plan.checkpoint, config, run_dir)
+def _sayer(config: TrainConfig, dist_info: D.DistInfo):
+    return print if (dist_info.is_main and config.progress) else (lambda *a, **k: None)
 
+
+def _result(
+    config: TrainConfig, run_dir: Path, pos: RunPosition, model: nn.Module, state: RunState | None = None
+) -> FitResult:
+    """The FitResult of a run at `pos`; `state` (None when there was nothing to train) gives this call's
+    throughput and the test confusion matrix."""
+    seconds = state.seconds_trained if state is not None else 0.0
+    return FitResult(
+        completed=pos.epoch >= config.epochs,
+        run_dir=run_dir,
+        history=pos.history,
+        best_val_acc=pos.best_val_acc,
+        test_acc=pos.history[-1]["test_acc"] if pos.history else None,
+        model=model,
+        step=pos.step,
+        images_per_s=state.images_trained / seconds if seconds else None,
+        confusion=state.confusion if state is not None else None,
+    )
+
+
+def _position_of(ckpt: dict[str, Any]) -> RunPosition:
+    """Where the run in checkpoint dict `ckpt` stands."""
+    return RunPosition(
+        epoch=ckpt["epoch"], step=ckpt["step"], history=list(ckpt["history"]), best_val_acc=ckpt["best_val_acc"]
+    )
+
+
+def setup_run(plan: RunPlan, dist_info: D.DistInfo, *, data: Dataset | None, t_start: float) -> RunState:
+    """Everything a run trains with, from its plan: threads and device, data and loaders, the model (with
+    --pretrained's weights, read once), optimizer, scaler, schedule and EMA. A resumed run is built as a new one
+    and then `resume`d: the same seed draws the same initial weights, which the checkpoint then replaces."""
+    config, device, world = plan.config, dist_info.device, dist_info.world_size
+    say = _sayer(config, dist_info)
     if config.threads:
         threads, note = usable_threads(config.threads)
         if note is not None:
@@ -110,7 +165,8 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
 
     # what the model expects of an image: the checkpoint's record when resuming, else the pretrained weights'
     resuming = plan.checkpoint is not None
-    preprocess = plan.checkpoint.get("preprocess") if resuming else weights_preprocess(config)
+    weights = None if resuming else read_pretrained(config)
+    preprocess = plan.checkpoint.get("preprocess") if resuming else (weights and weights.preprocess)
     if data is None:
         data = _load_data(config, dist_info, folder_options(config, preprocess))
     splits = make_splits(data, config)
@@ -118,162 +174,186 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
     loaders = make_loaders(
         splits, config, mean=mean, std=std, crop_size=crop, device=device, rank=dist_info.rank, world_size=world
     )
-    steps = len(loaders["train"])
-    model, train_model, model_kwargs, frozen = _make_model(config, data, dist_info, say, pretrained=not resuming)
+    model, train_model, model_kwargs, frozen = _make_model(config, data, dist_info, say, weights)
     amp_dtype = resolve_amp(config.amp, device)
-    schedule = Schedule.for_run(config, steps_per_epoch=steps, world_size=world)
+    schedule = Schedule.for_run(config, steps_per_epoch=len(loaders["train"]), world_size=world)
     optimizer = build_optimizer(model, config, lr=schedule.peak_lr)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    _, h, w = loaders["train"].input_size
+    input_size = loaders["train"].input_size
     meta = {
         "model_name": config.model,
         "model_kwargs": model_kwargs,
-        "input_size": list(loaders["train"].input_size),
+        "input_size": list(input_size),
         "classes": list(data.classes),
-        "preprocess": {**data.preprocess(), "mean": list(mean), "std": list(std), "crop": crop or h},
+        "preprocess": {**data.preprocess(), "mean": list(mean), "std": list(std), "crop": crop or input_size[1]},
     }
     ema = EMA(model, config.ema) if config.ema else None
-    ckpt = RunCheckpoints(run_dir, is_main, config, meta, model, optimizer, scaler, steps, world, ema)
+    data_line = f"{splits.sizes()} images at {input_size[1]}x{input_size[2]} ({data.source})"
+    run = RunInfo(config, plan.run_dir, dist_info, meta, amp_dtype, say, t_start, data_line)
+    return RunState(run, model, train_model, optimizer, scaler, schedule, ema, loaders, frozen, splits=splits)
 
-    pos, start_step, progress = RunPosition(), 0, EpochProgress()
-    if plan.checkpoint is not None:
-        saved = TrainState.from_dict(plan.checkpoint)
-        pos, start_step, progress = restore(saved, model, optimizer, scaler, device, steps, world, is_main)
-        if ema is not None:  # the saved average, or (--ema given only now) one that starts from these weights
-            ema.load_state_dict(saved.model if saved.live_model is not None else model.state_dict())
-        other = "" if saved.world_size == world else f"; saved by {saved.world_size} processes, now {world}"
-        where = f"epoch {pos.epoch + 1}, step {pos.step} (step {start_step} of the epoch{other})"
-        say(f"resuming from {plan.checkpoint['path']} at {where}")
-        if device.type == "cpu" and saved.threads not in (None, torch.get_num_threads()):
-            say(
-                f"note: the run was trained with {saved.threads} CPU threads and continues with "
-                f"{torch.get_num_threads()}: the result can differ in the last bits from a run left alone "
-                f"(pass --threads {saved.threads} for a bitwise exact continuation)"
-            )
-    plan = saved = None  # the checkpoint's optimizer state can be large
 
-    if is_main:
-        write_config(run_dir, config)
-    n_params = sum(p.numel() for p in model.parameters())
-    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
-    say(f"run folder: {run_dir}")
-    say(f"data: {splits.sizes()} images at {h}x{w} ({data.source})")
-    say(
-        f"model: {config.model}, {n_params / 1e6:.2f}M parameters; {device}{threads}, {amp_name(amp_dtype)}"
+def resume(state: RunState, ckpt: dict[str, Any]) -> None:
+    """Continue from checkpoint dict `ckpt` (read_checkpoint's): the weights, optimizer, scaler, RNG and position.
+    A run saved by another number of processes (or with another batch size) continues at the same fraction of the
+    epoch; the running sums still count the images already seen."""
+    saved, run, pos = TrainState.from_dict(ckpt), state.run, state.pos
+    state.model.load_state_dict(saved.live_model if saved.live_model is not None else saved.model)
+    if state.ema is not None:  # the saved average, or (--ema given only now) one that starts from these weights
+        state.ema.load_state_dict(saved.model if saved.live_model is not None else state.model.state_dict())
+    state.optimizer.load_state_dict(saved.optimizer)
+    if state.scaler is not None and saved.scaler is not None:
+        state.scaler.load_state_dict(saved.scaler)
+    torch.set_rng_state(saved.rng["torch"])
+    cuda_states = saved.rng.get("cuda")
+    if run.device.type == "cuda" and cuda_states is not None and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+    pos.epoch, pos.history, pos.best_val_acc, pos.saved_step = (
+        saved.epoch,
+        list(saved.history),
+        saved.best_val_acc,
+        saved.step,
+    )
+    # time between the stop and the resume is not counted; the stopped epoch's training time is
+    pos.elapsed_before = (saved.history[-1]["elapsed_s"] if saved.history else 0.0) + saved.epoch_progress.train_time
+    steps, pos.step_in_epoch = state.steps_per_epoch, saved.step_in_epoch
+    if saved.world_size == run.world_size and saved.steps_per_epoch == steps:
+        pos.step = saved.step
+    else:
+        pos.step_in_epoch = min(steps, round(saved.step_in_epoch * steps / saved.steps_per_epoch))
+        pos.step = pos.epoch * steps + pos.step_in_epoch
+    pos.progress = saved.epoch_progress if run.is_main else EpochProgress()  # rank 0 carries the sums of all ranks
+    other = (
+        "" if saved.world_size == run.world_size else f"; saved by {saved.world_size} processes, now {run.world_size}"
+    )
+    where = f"epoch {pos.epoch + 1}, step {pos.step} (step {pos.step_in_epoch} of the epoch{other})"
+    run.say(f"resuming from {ckpt['path']} at {where}")
+    if run.device.type == "cpu" and saved.threads not in (None, torch.get_num_threads()):
+        run.say(
+            f"note: the run was trained with {saved.threads} CPU threads and continues with "
+            f"{torch.get_num_threads()}: the result can differ in the last bits from a run left alone "
+            f"(pass --threads {saved.threads} for a bitwise exact continuation)"
+        )
+
+
+def _announce(state: RunState) -> None:
+    """The run's folder, data, model and optimiser, in four lines."""
+    run, config, world = state.run, state.config, state.run.world_size
+    n_params = sum(p.numel() for p in state.model.parameters())
+    threads = f" ({torch.get_num_threads()} threads)" if run.device.type == "cpu" else ""
+    run.say(f"run folder: {run.run_dir}")
+    run.say(f"data: {run.data_line}")
+    run.say(
+        f"model: {config.model}, {n_params / 1e6:.2f}M parameters; {run.device}{threads}, {amp_name(run.amp_dtype)}"
         f"{', channels_last' if config.channels_last else ''}{f', DDP over {world} processes' if world > 1 else ''}"
     )
     scaled = f" (= {config.lr:g} x {world} processes)" if world > 1 else ""
-    say(
-        f"optimiser: {config.opt} lr {schedule.peak_lr:g}{scaled}, {config.sched} schedule, batch "
-        f"{config.batch_size}{f' x {world}' if world > 1 else ''}, {steps} steps per epoch, {config.epochs} epochs"
+    run.say(
+        f"optimiser: {config.opt} lr {state.schedule.peak_lr:g}{scaled}, {config.sched} schedule, batch "
+        f"{config.batch_size}{f' x {world}' if world > 1 else ''}, {state.steps_per_epoch} steps per epoch, "
+        f"{config.epochs} epochs"
     )
 
-    watch = RunWatch(config, run_dir, is_main=is_main, step=pos.step, steps_per_epoch=steps, world_size=world, say=say)
-    if pos.step == 0:
-        watch.first_batch(loaders["train"], pos.epoch, mean, std)
-    confusion, images, seconds = None, 0, 0.0
-    show_bar = config.progress and is_main and sys.stderr.isatty()
-    try:
-        with StopRequest(announce=is_main) as stop:
-            while pos.epoch < config.epochs and (config.max_steps is None or pos.step < config.max_steps):
-                result = train_one_epoch(
-                    train_model,
-                    loaders["train"],
-                    optimizer,
-                    schedule=schedule,
-                    step=pos.step,
-                    epoch=pos.epoch,
-                    start_step=start_step,
-                    progress=progress,
-                    amp_dtype=amp_dtype,
-                    scaler=scaler,
-                    label_smoothing=config.label_smoothing,
-                    ema=ema,
-                    stop=stop,
-                    max_steps=config.max_steps,
-                    ckpt_interval=config.ckpt_interval,
-                    save=lambda step, in_epoch, sums: ckpt.save_last(
-                        pos, step=step, step_in_epoch=in_epoch, progress=sums
-                    ),
-                    bar_desc=f"epoch {pos.epoch + 1}/{config.epochs}" if show_bar else None,
-                    frozen=frozen,
-                    on_step=watch.on_step,
-                )
-                start_step, progress = 0, EpochProgress()
-                images, seconds = images + result.images, seconds + result.seconds
-                if result.stopped == "non_finite":
-                    raise _diverged(result, pos, ckpt)
-                pos.step = result.step
-                if result.step_in_epoch == steps:
-                    tested = _end_epoch(result, pos, ckpt, loaders, amp_dtype, schedule(pos.step), t_start, say)
-                    confusion = tested if tested is not None else confusion
-                    watch.epoch_end(pos.history)
-                else:  # stopped mid-epoch: save exactly where it is
-                    ckpt.save_last(pos, step=pos.step, step_in_epoch=result.step_in_epoch, progress=result.progress)
-                    sums = result.progress
-                    seen, secs = max(1, sums.seen), max(sums.train_time, 1e-9)
-                    why = "interrupted" if result.stopped == "interrupt" else "stopped at --max-steps"
-                    say(
-                        f"{why} in epoch {pos.epoch + 1} (step {result.step_in_epoch} of {steps}): "
-                        f"loss {sums.loss_sum / seen:.4f}, train acc {sums.correct / seen:.3f}, {seen / secs:.0f} img/s"
-                    )
-                if result.stopped == "interrupt" and pos.epoch >= config.epochs:
-                    break  # Ctrl-C during the very last step: the run is complete, and saved as such
-                if result.stopped is not None:
-                    say(f"saved {run_dir / 'last.pt'} at step {pos.step}; continue with --resume {run_dir}")
-                    if result.stopped == "interrupt":
-                        raise KeyboardInterrupt
-                    break
-    finally:
-        if is_main:
-            write_metrics(run_dir, pos.history)
-            write_plots(run_dir, pos.history, confusion, data.classes)
-        watch.close(pos.history, pos.best_val_acc)
 
-    if D.active():
-        same = D.ranks_agree(D.state_fingerprint(model))
-        say(f"DDP check: parameters and buffers are {'identical' if same else 'DIFFERENT'} on all {world} ranks")
-        if not same:
-            raise RuntimeError("DDP ranks ended with different weights; please report this as a reslab bug")
-    model.eval()
-    if ema is not None:
-        model = ema.module  # what the run delivers: the averaged weights (also what its checkpoints serve)
-    watch.finish(
-        pos.history,
-        completed=pos.epoch >= config.epochs,
-        model=model,
-        data=data,
-        splits=splits,
-        mean=mean,
-        std=std,
-        crop=crop,
-        amp_dtype=amp_dtype,
-    )
-    return FitResult(
-        completed=pos.epoch >= config.epochs,
-        run_dir=run_dir,
-        history=pos.history,
-        best_val_acc=pos.best_val_acc,
-        test_acc=pos.history[-1]["test_acc"] if pos.history else None,
-        model=model,
+def _watch(state: RunState) -> RunWatch:
+    """report.html as epochs finish, and TensorBoard events with --log tensorboard (rank 0 writes)."""
+    run, pos = state.run, state.pos
+    watch = RunWatch(
+        state.config,
+        run.run_dir,
+        is_main=run.is_main,
         step=pos.step,
-        images_per_s=images / seconds if seconds else None,
-        confusion=confusion,
+        steps_per_epoch=state.steps_per_epoch,
+        world_size=run.world_size,
+        say=run.say,
+    )
+    if pos.step == 0:
+        pre = run.meta["preprocess"]
+        watch.first_batch(state.loaders["train"], pos.epoch, pre["mean"], pre["std"])
+    return watch
+
+
+def _finish_report(state: RunState, watch: RunWatch) -> None:
+    """The full report at the end of fit(): a finished run's mistakes and Grad-CAMs on the test (or val) split."""
+    pre = state.run.meta["preprocess"]
+    watch.finish(
+        state.pos.history,
+        completed=state.pos.epoch >= state.config.epochs,
+        model=state.delivered,
+        classes=state.run.classes,
+        splits=state.splits,
+        mean=pre["mean"],
+        std=pre["std"],
+        crop=pre["crop"],
+        amp_dtype=state.run.amp_dtype,
     )
 
 
-def _result_of(ckpt: dict[str, Any], config: TrainConfig, run_dir: Path) -> FitResult:
-    """The FitResult of a run that is already where `config` asks it to be."""
-    history = list(ckpt["history"])
-    return FitResult(
-        completed=ckpt["epoch"] >= config.epochs,
-        run_dir=run_dir,
-        history=history,
-        best_val_acc=ckpt["best_val_acc"],
-        test_acc=history[-1]["test_acc"] if history else None,
-        model=model_from_checkpoint(ckpt),
-        step=ckpt["step"],
+def _train_epochs(state: RunState, watch: RunWatch) -> None:
+    """Epochs of train_one_epoch and _end_epoch until the run is done, stopped (--max-steps) or interrupted."""
+    config, pos, run = state.config, state.pos, state.run
+    show_bar = config.progress and run.is_main and sys.stderr.isatty()
+    with StopRequest(announce=run.is_main) as stop:
+        while pos.epoch < config.epochs and (config.max_steps is None or pos.step < config.max_steps):
+            result = train_one_epoch(
+                state,
+                stop=stop,
+                save=lambda step, in_epoch, sums: save_last(state, step=step, step_in_epoch=in_epoch, progress=sums),
+                bar_desc=f"epoch {pos.epoch + 1}/{config.epochs}" if show_bar else None,
+                on_step=watch.on_step,
+            )
+            pos.next_epoch()
+            state.images_trained += result.images
+            state.seconds_trained += result.seconds
+            go_on = _settle(state, result)
+            if result.step_in_epoch == state.steps_per_epoch:
+                watch.epoch_end(pos.history)
+            if not go_on:
+                break
+
+
+def _settle(state: RunState, result: EpochResult) -> bool:
+    """Take a call of train_one_epoch into the run: an epoch finished is evaluated and saved, a stop saved where it
+    is; False when the run stops here. The one place that reads `result.stopped`."""
+    pos, run, steps = state.pos, state.run, state.steps_per_epoch
+    if result.stopped == "non_finite":
+        raise NonFiniteLossError(
+            f"the loss became {result.bad_loss} at epoch {pos.epoch + 1}, step {result.step + 1} "
+            f"(step {result.step_in_epoch + 1} of the epoch), lr {result.lr:.4g}; training stopped, "
+            f"{on_disk(state)}. Try a lower --lr, a longer --warmup-epochs, or --amp off"
+        )
+    pos.step = result.step
+    if result.step_in_epoch == steps:
+        _end_epoch(state, result)
+    else:  # stopped mid-epoch: save exactly where it is
+        save_last(state, step=pos.step, step_in_epoch=result.step_in_epoch, progress=result.progress)
+        sums = result.progress
+        seen, secs = max(1, sums.seen), max(sums.train_time, 1e-9)
+        why = "interrupted" if result.stopped == "interrupt" else "stopped at --max-steps"
+        run.say(
+            f"{why} in epoch {pos.epoch + 1} (step {result.step_in_epoch} of {steps}): "
+            f"loss {sums.loss_sum / seen:.4f}, train acc {sums.correct / seen:.3f}, {seen / secs:.0f} img/s"
+        )
+    if result.stopped is None:
+        return True
+    if result.stopped == "interrupt" and pos.epoch >= state.config.epochs:
+        return False  # Ctrl-C during the very last step: the run is complete, and saved as such
+    run.say(f"saved {run.run_dir / 'last.pt'} at step {pos.step}; continue with --resume {run.run_dir}")
+    if result.stopped == "interrupt":
+        raise KeyboardInterrupt
+    return False
+
+
+def _check_ranks_agree(state: RunState) -> None:
+    if not D.active():
+        return
+    same = D.ranks_agree(D.state_fingerprint(state.model))
+    state.run.say(
+        f"DDP check: parameters and buffers are {'identical' if same else 'DIFFERENT'} on all "
+        f"{state.run.world_size} ranks"
     )
+    if not same:
+        raise RuntimeError("DDP ranks ended with different weights; please report this as a reslab bug")
 
 
 def _load_data(config: TrainConfig, dist_info: D.DistInfo, options: dict[str, Any]) -> Dataset:
@@ -293,15 +373,17 @@ def _load_data(config: TrainConfig, dist_info: D.DistInfo, options: dict[str, An
 
 
 def _make_model(
-    config: TrainConfig, data: Dataset, dist_info: D.DistInfo, say, *, pretrained: bool
+    config: TrainConfig, data: Dataset, dist_info: D.DistInfo, say, weights: WeightsFile | None
 ) -> tuple[nn.Module, nn.Module, dict[str, Any], list[nn.Module]]:
     """(model, the module to train: DDP-wrapped under torchrun, build_model's kwargs, the frozen modules)."""
     device = dist_info.device
     model_kwargs = {**config.model_kwargs, "in_chans": data.in_chans, "num_classes": len(data.classes)}
     if config.zero_init_residual:
         model_kwargs["zero_init_residual"] = True
-    if config.pretrained is not None and pretrained:
-        model, model_kwargs, report = pretrained_model(config, in_chans=data.in_chans, num_classes=len(data.classes))
+    if weights is not None:
+        model, model_kwargs, report = pretrained_model(
+            config, weights, in_chans=data.in_chans, num_classes=len(data.classes)
+        )
         for line in report:
             say(f"pretrained: {line}")
     else:
@@ -321,38 +403,19 @@ def _make_model(
     return model, train_model, model_kwargs, frozen
 
 
-def _diverged(result: EpochResult, pos: RunPosition, ckpt: RunCheckpoints) -> NonFiniteLossError:
-    return NonFiniteLossError(
-        f"the loss became {result.bad_loss} at epoch {pos.epoch + 1}, step {result.step + 1} "
-        f"(step {result.step_in_epoch + 1} of the epoch), lr {result.lr:.4g}; training stopped, {ckpt.on_disk(pos)}. "
-        f"Try a lower --lr, a longer --warmup-epochs, or --amp off"
-    )
-
-
-def _end_epoch(
-    result: EpochResult,
-    pos: RunPosition,
-    ckpt: RunCheckpoints,
-    loaders: dict[str, Any],
-    amp_dtype: torch.dtype | None,
-    next_lr: float,
-    t_start: float,
-    say,
-) -> torch.Tensor | None:
-    """Evaluate (the splits due after this epoch), record, print and checkpoint a finished epoch; returns the test
-    confusion matrix, or None if the test split was not evaluated."""
+def _end_epoch(state: RunState, result: EpochResult) -> None:
+    """Evaluate (the splits due after this epoch), record, print and checkpoint a finished epoch."""
     t0 = time.perf_counter()
-    D.broadcast_buffers(ckpt.model)  # one copy of the BatchNorm statistics for evaluation and the checkpoint
-    ckpt.check_finite(pos, pos.step)  # before evaluating: inf BatchNorm statistics would give a meaningless score
-    net = ckpt.model
-    if ckpt.ema is not None:
-        net = ckpt.ema.module  # evaluation and best.pt judge the averaged weights, which are what eval/predict use
+    run, pos, config, loaders = state.run, state.pos, state.config, state.loaders
+    D.broadcast_buffers(state.model)  # one copy of the BatchNorm statistics for evaluation and the checkpoint
+    check_finite(state, pos.step)  # before evaluating: inf BatchNorm statistics would give a meaningless score
+    net = state.delivered  # evaluation and best.pt judge the averaged weights, which are what eval/predict use
+    if state.ema is not None:
         D.broadcast_buffers(net)
-    num_classes = len(ckpt.meta["classes"])
-    config, epoch = ckpt.config, pos.epoch + 1
+    epoch = pos.epoch + 1
     every = {"val": config.val_every, "test": config.test_every}
     evals = {
-        split: evaluate(net, loaders[split], num_classes=num_classes, amp_dtype=amp_dtype, tta=config.tta)
+        split: evaluate(net, loaders[split], num_classes=len(run.classes), amp_dtype=run.amp_dtype, tta=config.tta)
         for split in ("val", "test")
         if split in loaders and _due(every[split], epoch, config.epochs)
     }
@@ -365,10 +428,10 @@ def _end_epoch(
         "train_acc": sums.correct / images,
         "val_acc": evals["val"].accuracy if "val" in evals else None,
         "test_acc": evals["test"].accuracy if "test" in evals else None,
-        "lr": next_lr,  # the schedule where the run stands: the next step's
+        "lr": state.schedule(pos.step),  # the schedule where the run stands: the next step's
         "time_s": sums.train_time + time.perf_counter() - t0,
         "images_per_s": sums.seen / max(sums.train_time, 1e-9),
-        "elapsed_s": pos.elapsed_before + time.perf_counter() - t_start,
+        "elapsed_s": pos.elapsed_before + time.perf_counter() - run.t_start,
         "step": pos.step,
     }
     pos.history.append(row)
@@ -376,18 +439,19 @@ def _end_epoch(
     if improved:
         pos.best_val_acc = row["val_acc"]
     accs = "".join(f", {s} acc {row[f'{s}_acc']:.3f}" for s in ("val", "test") if row[f"{s}_acc"] is not None)
-    say(
+    run.say(
         f"epoch {pos.epoch}, loss {row['train_loss']:.4f}, train acc {row['train_acc']:.3f}{accs}, "
         f"time {row['time_s']:.1f} sec, {row['images_per_s']:.0f} img/s",
         flush=True,
     )
     # without a validation split there is nothing to choose by: best.pt is the latest epoch
     best = improved or "val" not in loaders
-    ckpt.save_last(pos, step=pos.step, step_in_epoch=0, progress=EpochProgress(), best=best)
-    if ckpt.is_main:
-        write_metrics(ckpt.run_dir, pos.history)
+    save_last(state, step=pos.step, step_in_epoch=0, progress=EpochProgress(), best=best)
+    if run.is_main:
+        write_metrics(run.run_dir, pos.history)
     shown = "test" if "test" in loaders else "val"  # the data may have no test split
-    return evals[shown].confusion if shown in evals else None
+    if shown in evals:
+        state.confusion = evals[shown].confusion
 
 
 def _due(every: int, epoch: int, epochs: int) -> bool:

@@ -21,7 +21,7 @@ from reslab.data.dataset import Dataset
 from reslab.data.fashion_mnist import CLASSES, download, find_data_dir, load_fashion_mnist
 from reslab.data.idx import read_idx, write_idx
 from reslab.data.imagefolder import ImageFiles, export_png_folder, load_imagefolder, read_image
-from reslab.data.loader import BatchLoader, split_train_val
+from reslab.data.loader import BatchLoader, LoaderSpec, split_train_val
 from reslab.data.mnist import load_kmnist, load_mnist
 from reslab.data.splits import Splits, folder_options, input_pipeline, make_loaders, make_splits
 from reslab.data.synthetic import synthetic_dataset
@@ -71,6 +71,7 @@ __all__ = [
     "MEAN",
     "STD",
     "BatchLoader",
+    "LoaderSpec",
     "Dataset",
     "ImageFiles",
     "Splits",

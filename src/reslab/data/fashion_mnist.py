@@ -11,6 +11,7 @@ copy (Debian's) passes and a damaged one does not.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -112,3 +113,18 @@ def load_fashion_mnist(data_dir: str | Path | None = None, *, download: bool = T
     truncated or corrupt.
     """
     return idx.load_idx_dataset(spec(), data_dir, download=download)
+
+
+def fashion_mnist_preprocess(in_chans: int = 1) -> dict[str, Any]:
+    """Fashion-MNIST's default preprocessing, written out in full: what reslab.predict does to an image for a
+    checkpoint without a "preprocess" entry, and what an exported file of such a checkpoint records."""
+    return {
+        "mean": [MEAN] * in_chans,
+        "std": [STD] * in_chans,
+        "value_scale": 1.0,
+        "channel_order": "gray" if in_chans == 1 else "rgb",
+        "resize": None,
+        "crop": None,
+        "interpolation": "bilinear",
+        "style": "fashion-mnist",
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -54,9 +55,44 @@ def split_train_val(
     return images[train_idx], labels[train_idx], images[val_idx], labels[val_idx]
 
 
+@dataclass(frozen=True)
+class LoaderSpec:
+    """What batches a BatchLoader makes: their size, order and augmentation (training), and the preprocessing of
+    every image; see BatchLoader. Where they come from (rank, world size, device) is the loader's own."""
+
+    batch_size: int
+    train: bool
+    seed: int = 0
+    crop_padding: int = 0
+    hflip: bool = False
+    hflip_mode: str = "random"
+    random_erasing: float = 0.0
+    resize: int | None = None
+    random_resized_crop: bool = False
+    rrc_scale: tuple[float, float] = (0.08, 1.0)
+    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_size: int | None = None
+    mean: Sequence[float] = (MEAN,)
+    std: Sequence[float] = (STD,)
+    channels_last: bool = False
+    num_workers: int | None = None  # for streamed images: None, the ImageFiles' own
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.crop_padding < 0:
+            raise ValueError(f"bad loader arguments: batch_size={self.batch_size}, crop_padding={self.crop_padding}")
+        if self.hflip_mode not in ("random", "alternate") or not 0 <= self.random_erasing <= 1:
+            raise ValueError(
+                f"bad loader arguments: hflip_mode={self.hflip_mode!r}, random_erasing={self.random_erasing}"
+            )
+        if self.random_resized_crop and self.crop_padding:
+            raise ValueError("random_resized_crop and crop_padding are two different crops: choose one")
+        if len(self.std) != len(self.mean):
+            raise ValueError(f"mean and std need one value per channel each, got {len(self.mean)} and {len(self.std)}")
+
+
 class BatchLoader:
     """Batches of (x float32 (B, C, H, W) normalised, on `device`; y int64 (B,)) from uint8 images (N, H, W)
-    (grayscale, C = 1) or (N, C, H, W).
+    (grayscale, C = 1) or (N, C, H, W), as a LoaderSpec says (its fields below).
 
     train=True: each epoch shuffles with (seed, epoch); rank r of `world_size` takes the r-th of `world_size` equal
     shares of the shuffled set (the remainder, < world_size items, is dropped) and the last partial batch is dropped,
@@ -85,72 +121,71 @@ class BatchLoader:
         self,
         images: torch.Tensor | ImageFiles,
         labels: torch.Tensor,
+        spec: LoaderSpec | None = None,
         *,
-        batch_size: int,
-        train: bool,
-        seed: int = 0,
-        crop_padding: int = 0,
-        hflip: bool = False,
-        hflip_mode: str = "random",
-        random_erasing: float = 0.0,
-        resize: int | None = None,
-        random_resized_crop: bool = False,
-        rrc_scale: tuple[float, float] = (0.08, 1.0),
-        rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        crop_size: int | None = None,
-        mean: Sequence[float] = (MEAN,),
-        std: Sequence[float] = (STD,),
         rank: int = 0,
         world_size: int = 1,
         device: str | torch.device = "cpu",
-        channels_last: bool = False,
-        num_workers: int | None = None,
+        **options,
     ):
+        """`spec` says what batches to make; its fields may instead be given as keywords (`options`)."""
+        if spec is None:
+            spec = LoaderSpec(**options)
+        elif options:
+            raise TypeError(f"BatchLoader: give a LoaderSpec or its fields, not both ({', '.join(options)})")
         if images.dtype != torch.uint8 or images.dim() not in (3, 4):
             shape = tuple(images.shape)
             raise ValueError(f"images must be uint8 (N, H, W) or (N, C, H, W), got {images.dtype} {shape}")
         if labels.shape != images.shape[:1]:
             raise ValueError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
-        if batch_size < 1 or crop_padding < 0 or not 0 <= rank < world_size:
-            raise ValueError(f"bad loader arguments: {batch_size=}, {crop_padding=}, {rank=}, {world_size=}")
-        if hflip_mode not in ("random", "alternate") or not 0 <= random_erasing <= 1:
-            raise ValueError(f"bad loader arguments: {hflip_mode=}, {random_erasing=}")
-        if random_resized_crop and crop_padding:
-            raise ValueError("random_resized_crop and crop_padding are two different crops: choose one")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"bad loader arguments: {rank=}, {world_size=}")
         h, w = images.shape[-2:]
-        if crop_size is not None and not 0 < crop_size <= min(h, w):
-            raise ValueError(f"crop_size must be in [1, {min(h, w)}] for images of {h}x{w}, got {crop_size}")
+        if spec.crop_size is not None and not 0 < spec.crop_size <= min(h, w):
+            raise ValueError(f"crop_size must be in [1, {min(h, w)}] for images of {h}x{w}, got {spec.crop_size}")
         c = 1 if images.dim() == 3 else images.shape[1]
-        if len(mean) not in (1, c) or len(std) != len(mean):
-            raise ValueError(f"mean and std need {c} values (one per channel), got {len(mean)} and {len(std)}")
+        if len(spec.mean) not in (1, c):
+            raise ValueError(
+                f"mean and std need {c} values (one per channel), got {len(spec.mean)} and {len(spec.std)}"
+            )
+        self.spec = spec
         self.device = torch.device(device)
         self.streamed = isinstance(images, ImageFiles)
         # an in-memory set lives on the device once (47 MB for Fashion-MNIST); batches are gathered there
         self.images = images if self.streamed else images.to(self.device)
         self.labels = labels.to(self.device, torch.int64)
-        self.num_workers = (images.num_workers if num_workers is None else num_workers) if self.streamed else 0
-        self.train, self.seed, self.rank, self.world_size = train, seed, rank, world_size
-        self.crop_padding, self.hflip, self.resize, self.channels_last = crop_padding, hflip, resize, channels_last
-        self.random_resized_crop, self.rrc_scale, self.rrc_ratio = random_resized_crop, rrc_scale, rrc_ratio
-        self.crop_size = crop_size
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.random_erasing = random_erasing
+        self.num_workers = 0
+        if self.streamed:
+            self.num_workers = images.num_workers if spec.num_workers is None else spec.num_workers
+        self.train, self.seed, self.rank, self.world_size = spec.train, spec.seed, rank, world_size
+        self.crop_padding, self.hflip, self.resize = spec.crop_padding, spec.hflip, spec.resize
+        self.channels_last, self.crop_size, self.random_erasing = (
+            spec.channels_last,
+            spec.crop_size,
+            spec.random_erasing,
+        )
+        self.random_resized_crop, self.rrc_scale, self.rrc_ratio = (
+            spec.random_resized_crop,
+            spec.rrc_scale,
+            spec.rrc_ratio,
+        )
+        self.mean, self.std = tuple(spec.mean), tuple(spec.std)
         self.epoch = 0
         n = len(images)
         self._base_flips = None  # each image's flip in epoch 0 (alternating flips): a function of the seed alone
-        if train and hflip and hflip_mode == "alternate":
-            g = torch.Generator().manual_seed(_seed("flip", seed))
+        if spec.train and spec.hflip and spec.hflip_mode == "alternate":
+            g = torch.Generator().manual_seed(_seed("flip", spec.seed))
             self._base_flips = (torch.rand(n, generator=g) < 0.5).to(self.device)
-        if train:
+        if spec.train:
             self.num_samples = n // world_size
-            self.batch_size = min(batch_size, self.num_samples) or batch_size
+            self.batch_size = min(spec.batch_size, self.num_samples) or spec.batch_size
             self._steps = self.num_samples // self.batch_size
             self._start = rank * self.num_samples
         else:
             self._start, end = rank * n // world_size, (rank + 1) * n // world_size
             self.num_samples = end - self._start
-            self.batch_size = batch_size
-            self._steps = -(-self.num_samples // batch_size)
+            self.batch_size = spec.batch_size
+            self._steps = -(-self.num_samples // spec.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose order and augmentation the next iteration follows (training only matters)."""

@@ -10,7 +10,7 @@ import torch
 
 from reslab.config import TrainConfig
 from reslab.data.dataset import Dataset
-from reslab.data.loader import BatchLoader, split_train_val
+from reslab.data.loader import BatchLoader, LoaderSpec, split_train_val
 from reslab.errors import ReslabError
 
 Split = tuple[torch.Tensor, torch.Tensor]  # (uint8 images, int64 labels)
@@ -89,35 +89,25 @@ def make_loaders(
         raise ReslabError(
             f"--train-subset: {len(splits.train[0])} training images cannot be shared by {world_size} processes"
         )
-    common = dict(
-        resize=config.resize,
-        crop_size=crop_size,
-        mean=mean,
-        std=std,
-        rank=rank,
-        world_size=world_size,
-        device=device,
-        channels_last=config.channels_last,
+    common = dict(resize=config.resize, crop_size=crop_size, mean=mean, std=std, channels_last=config.channels_last)
+    where = dict(rank=rank, world_size=world_size, device=device)
+    train = LoaderSpec(
+        batch_size=config.batch_size,
+        train=True,
+        seed=config.seed,
+        crop_padding=config.crop_padding,
+        hflip=config.hflip,
+        random_resized_crop=config.random_resized_crop,
+        hflip_mode=config.hflip_mode,
+        random_erasing=config.random_erasing,
+        **common,
     )
-    loaders = {
-        "train": BatchLoader(
-            *splits.train,
-            batch_size=config.batch_size,
-            train=True,
-            seed=config.seed,
-            crop_padding=config.crop_padding,
-            hflip=config.hflip,
-            random_resized_crop=config.random_resized_crop,
-            hflip_mode=config.hflip_mode,
-            random_erasing=config.random_erasing,
-            **common,
-        )
-    }
+    loaders = {"train": BatchLoader(*splits.train, train, **where)}
     eval_batch = eval_batch_size or max(2 * config.batch_size, 256)  # no gradients to keep: twice the batch fits
     for name in ("val", "test"):
         split = splits.get(name)
         if split is not None:
-            loaders[name] = BatchLoader(*split, batch_size=eval_batch, train=False, **common)
+            loaders[name] = BatchLoader(*split, LoaderSpec(batch_size=eval_batch, train=False, **common), **where)
     return loaders
 
 

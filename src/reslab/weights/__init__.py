@@ -14,7 +14,16 @@ a weights-only reslab checkpoint that eval, predict, `train --pretrained` and ex
 from reslab.weights.adapt import adapt_input_conv, fit_state_dict
 from reslab.weights.download import fetch_weights, hash_prefix, hub_checkpoints, verify_file, weights_cache
 from reslab.weights.imagenet_classes import IMAGENET_CLASSES
-from reslab.weights.load import Pretrained, build_model, convert, load_pretrained, locate, timm_architecture
+from reslab.weights.load import (
+    Pretrained,
+    WeightsFile,
+    build_model,
+    convert,
+    load_pretrained,
+    locate,
+    read_weights,
+    timm_architecture,
+)
 from reslab.weights.table import SOURCE_FORMATS, WEIGHTS, WeightsEntry, describe_preprocess, list_weights
 
 __all__ = [
@@ -23,6 +32,7 @@ __all__ = [
     "WEIGHTS",
     "Pretrained",
     "WeightsEntry",
+    "WeightsFile",
     "adapt_input_conv",
     "build_model",
     "convert",
@@ -34,6 +44,7 @@ __all__ = [
     "list_weights",
     "load_pretrained",
     "locate",
+    "read_weights",
     "timm_architecture",
     "verify_file",
     "weights_cache",

@@ -195,20 +195,23 @@ def _block_names(layers: dict[str, CaffeLayer], stage: int, count: int) -> list[
     return names
 
 
-def caffe_state_dict(layers: dict[str, CaffeLayer], model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """reslab's state_dict (tensors in the file's shapes) for a bottleneck ResNet shaped like `model`, and notes on
-    what was folded. ReslabError listing the layers `model` needs that the file lacks, or has and `model` does not."""
-    sd: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
-    missing: list[str] = []
-    folded: list[str] = []
+class _Taking:
+    """The Caffe layers as they are taken into reslab's state_dict `sd`: which were used, which the model needs that
+    the file lacks, which convolutions had a bias folded into their batch norm."""
 
-    def take(name: str, nblobs: tuple[int, ...]) -> list[np.ndarray] | None:
-        layer = layers.get(name)
+    def __init__(self, layers: dict[str, CaffeLayer]):
+        self.layers = layers
+        self.sd: dict[str, torch.Tensor] = {}
+        self.used: set[str] = set()
+        self.missing: list[str] = []
+        self.folded: list[str] = []
+
+    def take(self, name: str, nblobs: tuple[int, ...]) -> list[np.ndarray] | None:
+        layer = self.layers.get(name)
         if layer is None:
-            missing.append(name)
+            self.missing.append(name)
             return None
-        used.add(name)
+        self.used.add(name)
         if len(layer.blobs) not in nblobs:
             raise ReslabError(
                 f"Caffe layer {name!r} ({layer.type}) holds {len(layer.blobs)} blobs, expected "
@@ -216,8 +219,8 @@ def caffe_state_dict(layers: dict[str, CaffeLayer], model: nn.Module) -> tuple[d
             )
         return layer.blobs
 
-    def conv_bn(caffe: str, bn: str, scale: str, conv_key: str, bn_key: str) -> None:
-        conv, stats, affine = take(caffe, (1, 2)), take(bn, (3,)), take(scale, (2,))
+    def conv_bn(self, caffe: str, bn: str, scale: str, conv_key: str, bn_key: str) -> None:
+        conv, stats, affine = self.take(caffe, (1, 2)), self.take(bn, (3,)), self.take(scale, (2,))
         if conv is None or stats is None or affine is None:
             return
         factor = float(stats[2].reshape(-1)[0])
@@ -225,14 +228,33 @@ def caffe_state_dict(layers: dict[str, CaffeLayer], model: nn.Module) -> tuple[d
         mean = stats[0].reshape(-1) * inv
         if len(conv) == 2:  # BN(Wx + c) == BN(Wx) with the running mean moved by c
             mean = mean - conv[1].reshape(-1)
-            folded.append(caffe)
+            self.folded.append(caffe)
+        sd = self.sd
         sd[f"{conv_key}.weight"] = torch.from_numpy(conv[0].copy())
         sd[f"{bn_key}.weight"] = torch.from_numpy(affine[0].reshape(-1).copy())
         sd[f"{bn_key}.bias"] = torch.from_numpy(affine[1].reshape(-1).copy())
         sd[f"{bn_key}.running_mean"] = torch.from_numpy(mean.astype(np.float32))
         sd[f"{bn_key}.running_var"] = torch.from_numpy((stats[1].reshape(-1) * inv).astype(np.float32))
 
-    conv_bn("conv1", "bn_conv1", "scale_conv1", "conv1", "bn1")
+    def check_all_matched(self) -> None:
+        unexpected = sorted(set(self.layers) - self.used)
+        if self.missing or unexpected:
+            parts = []
+            if self.missing:
+                parts.append(f"the model needs {summarise(self.missing)}, which the file lacks")
+            if unexpected:
+                parts.append(f"the file has {summarise(unexpected)}, which the model has no place for")
+            raise ReslabError(
+                "the Caffe layers do not match the model: " + "; ".join(parts) + " (Kaiming He's models are "
+                "resnet50, resnet101 and resnet152; widths and depths must be the file's)"
+            )
+
+
+def caffe_state_dict(layers: dict[str, CaffeLayer], model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """reslab's state_dict (tensors in the file's shapes) for a bottleneck ResNet shaped like `model`, and notes on
+    what was folded. ReslabError listing the layers `model` needs that the file lacks, or has and `model` does not."""
+    t = _Taking(layers)
+    t.conv_bn("conv1", "bn_conv1", "scale_conv1", "conv1", "bn1")
     stage = 2
     while hasattr(model, f"layer{stage - 1}"):
         blocks = list(getattr(model, f"layer{stage - 1}"))
@@ -244,7 +266,7 @@ def caffe_state_dict(layers: dict[str, CaffeLayer], model: nn.Module) -> tuple[d
         for i, (block, b) in enumerate(zip(blocks, _block_names(layers, stage, len(blocks)), strict=True)):
             prefix = f"layer{stage - 1}.{i}"
             if block.downsample is not None:
-                conv_bn(
+                t.conv_bn(
                     f"res{b}_branch1",
                     f"bn{b}_branch1",
                     f"scale{b}_branch1",
@@ -252,7 +274,7 @@ def caffe_state_dict(layers: dict[str, CaffeLayer], model: nn.Module) -> tuple[d
                     f"{prefix}.downsample.1",
                 )
             for k, branch in enumerate(("2a", "2b", "2c"), start=1):
-                conv_bn(
+                t.conv_bn(
                     f"res{b}_branch{branch}",
                     f"bn{b}_branch{branch}",
                     f"scale{b}_branch{branch}",
@@ -261,24 +283,15 @@ def caffe_state_dict(layers: dict[str, CaffeLayer], model: nn.Module) -> tuple[d
                 )
         stage += 1
     fc_name = "fc1000" if "fc1000" in layers else next((n for n in layers if n.startswith("fc")), "fc1000")
-    fc = take(fc_name, (1, 2))
+    fc = t.take(fc_name, (1, 2))
     if fc is not None:
         weight = fc[0].reshape(fc[0].shape[-2:]) if fc[0].ndim > 2 else fc[0]
-        sd["fc.weight"] = torch.from_numpy(weight.copy())
-        sd["fc.bias"] = torch.from_numpy(fc[1].reshape(-1).copy() if len(fc) == 2 else np.zeros(weight.shape[0], "f4"))
-
-    unexpected = sorted(set(layers) - used)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"the model needs {summarise(missing)}, which the file lacks")
-        if unexpected:
-            parts.append(f"the file has {summarise(unexpected)}, which the model has no place for")
-        raise ReslabError(
-            "the Caffe layers do not match the model: " + "; ".join(parts) + " (Kaiming He's models are resnet50, "
-            "resnet101 and resnet152; widths and depths must be the file's)"
-        )
+        t.sd["fc.weight"] = torch.from_numpy(weight.copy())
+        bias = fc[1].reshape(-1).copy() if len(fc) == 2 else np.zeros(weight.shape[0], "f4")
+        t.sd["fc.bias"] = torch.from_numpy(bias)
+    t.check_all_matched()
+    folded = t.folded
     notes = [f"folded the bias of Caffe's {', '.join(folded)} into the following batch norm's running mean"] * bool(
         folded
     )
-    return sd, notes
+    return t.sd, notes

@@ -42,11 +42,11 @@ from torch import nn
 from reslab import __version__
 from reslab.checkpoint import FORMAT_VERSION, check_integrity, non_finite_tensors, save_checkpoint
 from reslab.errors import ReslabError
-from reslab.formats import interrupted
 from reslab.models import build_model as build_architecture
 from reslab.models import model_entry
 from reslab.models.registry import nearest_names
 from reslab.models.timm_family import not_covered, timm_resnets
+from reslab.optional import interrupted
 from reslab.weights.adapt import classifier, first_conv, fit_state_dict
 from reslab.weights.caffe import caffe_state_dict, read_caffemodel
 from reslab.weights.download import (
@@ -447,8 +447,28 @@ class Pretrained:
         }
 
 
+@dataclass(frozen=True)
+class WeightsFile:
+    """A weights source found, verified and parsed once: `train --pretrained` reads its preprocessing before the
+    data and fits its tensors to the model after, without a second read of the file."""
+
+    src: str  # as the user named it
+    located: Located
+    source: Source
+
+    @property
+    def preprocess(self) -> dict[str, Any] | None:
+        return self.source.preprocess
+
+
+def read_weights(src: str | Path, source_format: str | None = None, *, allow_pickle: bool = False) -> WeightsFile:
+    """Find SRC (downloading it if need be), check its SHA-256 and parse it: the one read of the file."""
+    loc = locate(src, allow_pickle=allow_pickle)
+    return WeightsFile(str(src), loc, read_source(loc, source_format))
+
+
 def load_pretrained(
-    src: str | Path,
+    src: str | Path | WeightsFile,
     model_name: str | None = None,
     *,
     in_chans: int | None = None,
@@ -459,10 +479,11 @@ def load_pretrained(
 ) -> Pretrained:
     """The model `model_name` (default: the one the source names) with the weights SRC holds, fitted to `in_chans`
     and `num_classes` (default: the weights' own). What `reslab.build_model(name, weights=SRC)`, `reslab convert`
-    and `reslab train --pretrained` use. ReslabError on anything that does not fit; nothing is loaded partly.
-    `allow_pickle`: a Hub repository without model.safetensors may give its pickle file (see reslab.weights.hub)."""
-    loc = locate(src, allow_pickle=allow_pickle)
-    source = read_source(loc, source_format)
+    and `reslab train --pretrained` use. SRC may be read_weights()'s answer (then `source_format` was given there).
+    `allow_pickle`: a Hub repository without model.safetensors may give its pickle file (see reslab.weights.hub).
+    ReslabError on anything that does not fit; nothing is loaded partly."""
+    weights = src if isinstance(src, WeightsFile) else read_weights(src, source_format, allow_pickle=allow_pickle)
+    loc, source, src = weights.located, weights.source, weights.src
     name = _model_name(model_name, source, src)
     kwargs = _architecture_kwargs(source, model_kwargs or {}, name)
 

@@ -9,68 +9,24 @@ a tool that knows nothing of reslab still reads `model_name` or `classes` with o
 
 The "preprocess" of a model trained before checkpoints recorded it (None) is Fashion-MNIST's, written out in full, so
 that an exported file says its normalisation to whoever reads it.
-
-reslab's safetensors file is the model's state_dict, every buffer included (BN running statistics and
-num_batches_tracked), under its own key names and dtypes, with that description in the header. It reads back as a
-weights-only checkpoint dict (`read_safetensors`), so `reslab.load_checkpoint("model.safetensors")` works.
-The `safetensors` package is optional (`pip install -e '.[export]'`): it is imported where it is used.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from reslab import __version__
-from reslab.atomic import write_bytes
-from reslab.data.transforms import MEAN, STD
+from reslab.data.fashion_mnist import fashion_mnist_preprocess
 from reslab.errors import ReslabError
 
-FORMAT_VERSION = 2  # the checkpoint format version the description follows (reslab.checkpoint.FORMAT_VERSION)
+# the version of the checkpoint format, which every description follows (reslab.checkpoint reads up to it)
+FORMAT_VERSION = 2
 REQUIRED = ("model_name", "model_kwargs", "input_size", "classes")
 OPTIONAL = ("preprocess", "source", "config", "epoch")
 KNOWN = ("format_version", "reslab_version", *REQUIRED, *OPTIONAL)
-EXTRA_HINT = "pip install -e '.[export]' in reslab's folder (onnx, onnxscript, onnxruntime, safetensors)"
-
-
-def require(module: str, what: str) -> Any:
-    """Import an optional dependency, or a ReslabError saying how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        if interrupted(e):  # Ctrl-C during the import: a C extension's init reports it as an ImportError
-            raise KeyboardInterrupt from None
-        raise ReslabError(f"{what} needs the Python package {module.split('.')[0]!r}: {EXTRA_HINT}") from None
-
-
-def interrupted(e: BaseException) -> bool:
-    """Whether `e` was caused by a KeyboardInterrupt (pybind11 turns one raised in a module's init into ImportError)."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, KeyboardInterrupt):
-            return True
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return False
-
-
-def fashion_mnist_preprocess(in_chans: int = 1) -> dict[str, Any]:
-    """What reslab.predict does to an image for a checkpoint without a "preprocess" entry (Fashion-MNIST's)."""
-    return {
-        "mean": [MEAN] * in_chans,
-        "std": [STD] * in_chans,
-        "value_scale": 1.0,
-        "channel_order": "gray" if in_chans == 1 else "rgb",
-        "resize": None,
-        "crop": None,
-        "interpolation": "bilinear",
-        "style": "fashion-mnist",
-    }
 
 
 def describe(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -159,46 +115,3 @@ def check_description(desc: dict[str, Any], path: str | Path) -> None:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # safetensors
-
-
-def write_safetensors(ckpt: dict[str, Any], path: str | Path) -> Path:
-    """The weights of `ckpt` (its "model" state_dict, buffers included) and its description, in one .safetensors."""
-    st = require("safetensors.torch", "writing a .safetensors file")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in ckpt["model"].items()}
-    # weights only: no training config (a checkpoint with one would look like a run to continue or evaluate)
-    desc = {k: v for k, v in describe(ckpt).items() if k not in ("config", "epoch")}
-    # serialised in memory, written atomically by reslab: safetensors' own file writer reports a full disk as its own
-    # error type and leaves a partial file
-    return write_bytes(Path(path), st.save(tensors, metadata=to_strings(desc)))
-
-
-def read_safetensors(path: str | Path) -> dict[str, Any]:
-    """A reslab .safetensors file -> a weights-only checkpoint dict (format 2: the description and "model")."""
-    path = Path(path)
-    st = require("safetensors", f"reading {str(path)!r}")
-    try:
-        with st.safe_open(str(path), framework="pt") as f:
-            strings = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
-    except FileNotFoundError:
-        raise ReslabError(f"checkpoint {str(path)!r}: no such file") from None
-    except Exception as e:  # safetensors raises its own SafetensorError on a damaged header
-        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise ReslabError(f"checkpoint {str(path)!r}: not a safetensors file ({why})") from None
-    desc = from_strings(strings, path)
-    return {**desc, "model": state}
-
-
-def state_dict_differences(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
-    """The keys on which two state dicts differ in name, dtype, shape or any bit; [] when identical."""
-    diff = sorted(set(a) ^ set(b))
-    for k in sorted(set(a) & set(b)):
-        x, y = a[k].detach().cpu(), b[k].detach().cpu()
-        if x.dtype != y.dtype or x.shape != y.shape or not torch.equal(_bits(x), _bits(y)):
-            diff.append(k)
-    return diff
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    # the raw bytes: torch.equal on floats would call -0.0 equal to 0.0 and NaN unequal to itself
-    return t.contiguous().reshape(-1).view(torch.uint8)
