@@ -18,7 +18,7 @@ LAYERS = [
     {"formats"},
     {"checkpoint"},
     {"backends"},
-    {"evaluate", "optim", "weights", "understand", "ema"},
+    {"evaluate", "optim", "weights", "understand", "ema", "precise_bn"},
     {"loop", "finetune"},
     {"rundir"},
     {"train"},

@@ -231,6 +231,14 @@ def _add_train(sub):
         help="test-time augmentation of every evaluation: average over the image and its mirror ('flip', 2 passes), "
         "and its 1-pixel shifts ('flip-shift', 6 passes)",
     )
+    flag(
+        g,
+        "--precise-bn",
+        type=int,
+        metavar="N",
+        help="recompute the BatchNorm statistics from N training images before each evaluation and checkpoint "
+        "(0: off, the running averages of training; docs/precise-bn.md)",
+    )
     g = p.add_argument_group("speed")
     flag(g, "--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision ('auto': bf16 where it is fast)")
     flag(g, "--channels-last", action="bool", help="NHWC memory format for the model and batches")

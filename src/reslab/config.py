@@ -21,6 +21,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 HFLIP_MODES = ("random", "alternate")
 TTA_MODES = ("none", "flip", "flip-shift")
 DATASETS = ("fashion-mnist", "mnist", "kmnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+PRECISE_BN_DEFAULT = 2048  # images; see TrainConfig.precise_bn
 FLOAT32_MAX = 3.4028234663852886e38  # a learning rate beyond it is inf once it meets the float32 weights
 
 
@@ -75,6 +76,17 @@ class TrainConfig:
     val_every: int = 1
     test_every: int = 1
     tta: str = "none"  # test-time augmentation of every evaluation: none | flip | flip-shift (airbench's)
+    # BatchNorm statistics recomputed from this many training images before each evaluation and checkpoint, for the
+    # weights as they are (pycls, Wu & Johnson 2021); the training itself is untouched. 0 = off. Chosen on the
+    # validation split: docs/precise-bn.md
+    precise_bn: int = field(
+        default=PRECISE_BN_DEFAULT,
+        metadata={
+            "help": "recompute the BatchNorm statistics from N training images before each evaluation and "
+            "checkpoint (0: off; the running averages of training)",
+            "group": "evaluation",
+        },
+    )
     # speed
     amp: str = "auto"  # auto | bf16 | fp16 | off
     channels_last: bool = True
@@ -129,6 +141,7 @@ def _validate(c: TrainConfig) -> None:
         ("random_erasing", is_number(c.random_erasing) and 0 <= c.random_erasing <= 1, "a probability in [0, 1]"),
         ("bn_bias_lr", is_number(c.bn_bias_lr) and 0 < c.bn_bias_lr <= 1e4, "a multiplier in (0, 10000]"),
         ("ema", is_number(c.ema) and 0 <= c.ema < 1, "a decay in [0, 1) (0 = off)"),
+        ("precise_bn", is_int(c.precise_bn) and c.precise_bn >= 0, "0 (off) or a number of training images"),
         ("val_every", is_int(c.val_every) and c.val_every >= 0, "0 (the last epoch only) or more epochs"),
         ("test_every", is_int(c.test_every) and c.test_every >= 0, "0 (the last epoch only) or more epochs"),
         ("resize", c.resize is None or (is_int(c.resize) and c.resize >= 8), "a size of at least 8 pixels"),

@@ -34,6 +34,7 @@ from reslab.config import TrainConfig
 from reslab.ema import EMA
 from reslab.errors import NonFiniteLossError, ReslabError
 from reslab.plots import plot_confusion_matrix, plot_curves
+from reslab.precise_bn import PreciseBN, running_stats
 
 
 @dataclass(frozen=True)
@@ -69,18 +70,22 @@ class RunCheckpoints:
     steps_per_epoch: int
     world_size: int
     ema: EMA | None = None  # the weights' moving average (--ema): saved as "model", the weights as "live_model"
+    # --precise-bn: "model" is saved with the precise BatchNorm statistics, the accumulated ones as "running_stats"
+    precise_bn: PreciseBN | None = None
 
     def save_last(self, pos: RunPosition, *, step: int, step_in_epoch: int, progress: EpochProgress) -> None:
         """Write last.pt for global step `step`; NonFiniteLossError (and nothing written) if the weights are not
         finite, ReslabError (every rank) if the file cannot be written."""
         self.check_finite(pos, step)
+        served = self.served(step)  # on every rank: precise statistics are all-reduced
         error = None
         if self.is_main:
             cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+            trained = self.ema.module if self.ema is not None else self.model
             state = TrainState(
                 config=self.config.to_dict(),
                 **self.meta,
-                model=(self.ema or self.model).state_dict(),
+                model=served.state_dict(),
                 optimizer=self.optimizer.state_dict(),
                 scaler=self.scaler.state_dict() if self.scaler is not None else None,
                 epoch=pos.epoch,
@@ -94,6 +99,7 @@ class RunCheckpoints:
                 epoch_progress=progress,
                 threads=torch.get_num_threads(),
                 live_model=self.model.state_dict() if self.ema is not None else None,
+                running_stats=running_stats(trained) if self.precise_bn is not None else None,
             )
             try:
                 save_checkpoint(state, self.run_dir / "last.pt")
@@ -103,6 +109,12 @@ class RunCheckpoints:
         if error is not None:
             raise ReslabError(error)
         pos.saved_step = step
+
+    def served(self, step: int) -> nn.Module:
+        """The network evaluation judges and the checkpoint's "model" holds at `step`: the model, or its EMA; with
+        --precise-bn a copy of it with the precise BatchNorm statistics (every rank must call this: all-reduce)."""
+        net = self.ema.module if self.ema is not None else self.model
+        return self.precise_bn.network(step) if self.precise_bn is not None else net
 
     def check_finite(self, pos: RunPosition, step: int) -> None:
         """NonFiniteLossError on every rank if any rank's parameters or buffers hold a NaN or an infinity: a run
@@ -150,7 +162,7 @@ def restore(
     is_main: bool,
 ) -> tuple[RunPosition, int, EpochProgress]:
     """Load a checkpoint's state; returns (the position, the step in the current epoch to start at, its sums)."""
-    model.load_state_dict(saved.live_model if saved.live_model is not None else saved.model)
+    model.load_state_dict(saved.live_model if saved.live_model is not None else saved.trained_model_state())
     optimizer.load_state_dict(saved.optimizer)
     if scaler is not None and saved.scaler is not None:
         scaler.load_state_dict(saved.scaler)

@@ -34,11 +34,12 @@ from reslab.data import Dataset, folder_options, input_pipeline, load_dataset, m
 from reslab.device import amp_name, amp_warning, configure_device, resolve_amp
 from reslab.ema import EMA
 from reslab.errors import NonFiniteLossError, ReslabError
-from reslab.evaluate import evaluate
+from reslab.evaluate import evaluate, run_warnings
 from reslab.finetune import freeze_backbone, pretrained_model, weights_preprocess
 from reslab.loop import EpochResult, StopRequest, train_one_epoch
 from reslab.models import build_model
 from reslab.optim import Schedule, build_optimizer
+from reslab.precise_bn import check_batch_statistics, module_names, precise_bn_for_run
 from reslab.rundir import (
     RunCheckpoints,
     RunPosition,
@@ -125,14 +126,18 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
         "preprocess": {**data.preprocess(), "mean": list(mean), "std": list(std), "crop": crop or h},
     }
     ema = EMA(model, config.ema) if config.ema else None
-    ckpt = RunCheckpoints(run_dir, is_main, config, meta, model, optimizer, scaler, steps, world, ema)
+    frozen_names = module_names(model, frozen)
+    check_batch_statistics(model, loaders["train"].input_size, loaders["train"].batch_size, skip=frozen_names)
+    served = ema.module if ema else model
+    precise = precise_bn_for_run(config.precise_bn, served, loaders["train"], amp_dtype, frozen_names)
+    ckpt = RunCheckpoints(run_dir, is_main, config, meta, model, optimizer, scaler, steps, world, ema, precise)
 
     pos, start_step, progress = RunPosition(), 0, EpochProgress()
     if plan.checkpoint is not None:
         saved = TrainState.from_dict(plan.checkpoint)
         pos, start_step, progress = restore(saved, model, optimizer, scaler, device, steps, world, is_main)
         if ema is not None:  # the saved average, or (--ema given only now) one that starts from these weights
-            ema.load_state_dict(saved.model if saved.live_model is not None else model.state_dict())
+            ema.load_state_dict(saved.trained_model_state() if saved.live_model is not None else model.state_dict())
         other = "" if saved.world_size == world else f"; saved by {saved.world_size} processes, now {world}"
         where = f"epoch {pos.epoch + 1}, step {pos.step} (step {start_step} of the epoch{other})"
         say(f"resuming from {plan.checkpoint['path']} at {where}")
@@ -159,6 +164,8 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
         f"optimiser: {config.opt} lr {schedule.peak_lr:g}{scaled}, {config.sched} schedule, batch "
         f"{config.batch_size}{f' x {world}' if world > 1 else ''}, {steps} steps per epoch, {config.epochs} epochs"
     )
+    if precise is not None:
+        say(f"BatchNorm statistics: precise, from {precise.num_images:,} training images before each evaluation")
 
     confusion, images, seconds = None, 0, 0.0
     show_bar = config.progress and is_main and sys.stderr.isatty()
@@ -224,6 +231,12 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
     model.eval()
     if ema is not None:
         model = ema.module  # what the run delivers: the averaged weights (also what its checkpoints serve)
+    if precise is not None and pos.history:
+        model = ckpt.served(pos.step)  # ... with the BatchNorm statistics its checkpoints hold
+        say(f"precise BatchNorm statistics: {precise.seconds:.1f} s for {precise.computed} computations")
+    shown = "test" if splits.test is not None else "val"  # the split `confusion` is of
+    for line in run_warnings(pos.history, confusion, data.classes, split=shown, precise_bn=config.precise_bn):
+        say(f"warning: {line}")
     return FitResult(
         completed=pos.epoch >= config.epochs,
         run_dir=run_dir,
@@ -323,6 +336,7 @@ def _end_epoch(
     if ckpt.ema is not None:
         net = ckpt.ema.module  # evaluation and best.pt judge the averaged weights, which are what eval/predict use
         D.broadcast_buffers(net)
+    net = ckpt.served(pos.step)  # with --precise-bn: a copy with the BatchNorm statistics of these weights
     num_classes = len(ckpt.meta["classes"])
     config, epoch = ckpt.config, pos.epoch + 1
     every = {"val": config.val_every, "test": config.test_every}
