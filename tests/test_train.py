@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import signal
+import types
 from pathlib import Path
 
 import pytest
@@ -60,17 +61,18 @@ def hook_model(monkeypatch, at, action):
 
     def build(*args, **kwargs):
         model = real(*args, **kwargs)
-        forward, calls = model.forward, [0]
+        calls = [0]
 
-        def hooked(x):
-            out = forward(x)
-            if model.training:
+        def hooked(self, x):
+            out = type(self).forward(self, x)
+            if self.training and torch.is_grad_enabled():  # a training step, not precise BatchNorm statistics
                 calls[0] += 1
                 if calls[0] == at:
                     return action(out)
             return out
 
-        model.forward = hooked  # an instance attribute: the state_dict keeps its names
+        # an instance attribute (the state_dict keeps its names), bound so that a copy of the model runs itself
+        model.forward = types.MethodType(hooked, model)
         return model
 
     monkeypatch.setattr(reslab.train, "build_model", build)

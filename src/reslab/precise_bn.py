@@ -228,20 +228,32 @@ def smallest_bn_input(
 
 
 def check_batch_statistics(
-    model: nn.Module, input_size: tuple[int, int, int], batch_size: int, *, skip: Collection[str] = ()
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    batch_size: int,
+    *,
+    requested: int | None = None,
+    skip: Collection[str] = (),
 ) -> None:
-    """ReslabError, before training starts, when a training batch of `batch_size` images would reach a BatchNorm
-    layer with one value per channel: BatchNorm has no batch variance to normalise by then (PyTorch stops with
-    "Expected more than 1 value per channel when training")."""
+    """ReslabError, before training starts, when a training batch of `batch_size` images (the loader's: `requested`,
+    the --batch-size asked for, or fewer when the training split is smaller) would reach a BatchNorm layer with one
+    value per channel: BatchNorm has no batch variance to normalise by then, and PyTorch stops mid-run with
+    "Expected more than 1 value per channel when training"."""
     found = smallest_bn_input(model, input_size, skip=skip)  # a frozen layer normalises with its stored statistics
     if found is None:
         return
     name, per_image = found
     if per_image * batch_size > 1:
         return
-    c, h, w = input_size
+    requested = batch_size if requested is None else requested
+    _, h, w = input_size
+    where = f"BatchNorm layer {name!r} at 1x1 (of a {h}x{w} input): one value per channel, no batch statistics"
+    if requested == batch_size:
+        raise ReslabError(
+            f"--batch-size {requested}: a training batch of one image reaches {where}; use --batch-size 2 or more "
+            f"(per process under torchrun)"
+        )
     raise ReslabError(
-        f"--batch-size {batch_size}: a training batch of {batch_size} image reaches BatchNorm layer {name!r} at 1x1 "
-        f"(input {h}x{w}), one value per channel, with no batch statistics to normalise by; use --batch-size 2 or "
-        f"more (under torchrun: per process), more training images, or larger images (--resize)"
+        f"--batch-size {requested}: the training split has one image (per process), so a training batch of one "
+        f"image reaches {where}; train on 2 or more images per process (--train-subset, --val-size, the folder)"
     )

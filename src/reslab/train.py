@@ -127,7 +127,10 @@ def _fit(config: TrainConfig, data: Dataset | None, explicit, dist_info: D.DistI
     }
     ema = EMA(model, config.ema) if config.ema else None
     frozen_names = module_names(model, frozen)
-    check_batch_statistics(model, loaders["train"].input_size, loaders["train"].batch_size, skip=frozen_names)
+    train_batch = loaders["train"].batch_size  # fewer than --batch-size when the training split is smaller
+    check_batch_statistics(
+        model, loaders["train"].input_size, train_batch, requested=config.batch_size, skip=frozen_names
+    )
     served = ema.module if ema else model
     precise = precise_bn_for_run(config.precise_bn, served, loaders["train"], amp_dtype, frozen_names)
     ckpt = RunCheckpoints(run_dir, is_main, config, meta, model, optimizer, scaler, steps, world, ema, precise)
