@@ -205,6 +205,10 @@ def evaluate_checkpoint(
         raise ReslabError(f"--dataset {dataset}: the run in {path} was trained on {config.dataset}; leave it out")
     if data is None:
         options = folder_options(config, m.preprocess)
+        if options and not config.skip_bad_images and len((m.preprocess or {}).get("mean", ())) == options["in_chans"]:
+            # an image folder normalised as the checkpoint records: decode only the split(s) to evaluate (with
+            # --skip-bad-images every training file is checked: which are left out decides the held-out split)
+            options["only"] = (split,) if split is not None else ("val", "test")
         data = load_dataset(config.dataset, data_dir if data_dir is not None else config.data_dir, **options)
     if len(data.classes) != len(m.classes):
         raise ReslabError(
