@@ -92,7 +92,8 @@ class TrainState:
     running_stats: dict[str, torch.Tensor] | None = None
 
     def trained_model_state(self) -> dict[str, torch.Tensor]:
-        """ "model" as training left it: with its accumulated BatchNorm statistics, not the precise ones."""
+        """The model state as training left it: `model` with the accumulated BatchNorm statistics, not the precise
+        ones evaluation uses."""
         return self.model if self.running_stats is None else {**self.model, **self.running_stats}
 
     def to_dict(self) -> dict[str, Any]:

@@ -174,7 +174,7 @@ class PreciseBN:
         self.loader.set_epoch(step // max(1, len(self.loader)))
         update_bn_stats(copied, self.loader, num_batches=self.num_batches, amp_dtype=self.amp_dtype, skip=self.skip)
         D.broadcast_buffers(copied)  # one copy on every rank, to the bit
-        self._copy, self._at = copied.eval().requires_grad_(False), step
+        self._copy, self._at = copied.eval(), step
         self.seconds += time.perf_counter() - t0
         self.computed += 1
         return self._copy
