@@ -40,8 +40,11 @@ def main() -> None:
     p.add_argument("--seeds", default="0")
     p.add_argument("--sizes", default="0,512,1024,2048,4096,8192")
     p.add_argument("--test", action="store_true", help="also evaluate the test split")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (1 on a machine shared with other jobs)")
     a = p.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
+    if a.threads:
+        torch.set_num_threads(a.threads)  # the evaluations too, not only fit
     rows = {n: {"val": [], "test": [], "seconds": []} for n in sizes}
     with tempfile.TemporaryDirectory() as out:
         for seed in [int(s) for s in a.seeds.split(",")]:
@@ -52,6 +55,7 @@ def main() -> None:
                 model=a.model,
                 epochs=a.epochs,
                 seed=seed,
+                threads=a.threads,
                 precise_bn=0,
                 output=out,
                 name=f"seed{seed}",

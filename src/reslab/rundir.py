@@ -128,6 +128,16 @@ class RunCheckpoints:
                 f"values{f' ({names})' if names else ''} although the loss was finite; training stopped, "
                 f"{self.on_disk(pos)}. Try a lower --lr, a longer --warmup-epochs, or --amp off"
             )
+        if self.precise_bn is not None:  # the same on every rank (all-reduced)
+            bad = non_finite_tensors(self.served(step).state_dict())
+            if bad:
+                names = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+                raise NonFiniteLossError(
+                    f"training diverged: after step {step} (epoch {pos.epoch + 1}) the BatchNorm statistics of the "
+                    f"weights, recomputed from {self.precise_bn.num_images:,} training images (--precise-bn), are "
+                    f"NaN or infinite ({names}) although the loss and the weights are finite; training stopped, "
+                    f"{self.on_disk(pos)}. Try a lower --lr, a longer --warmup-epochs, or --amp off"
+                )
 
     def on_disk(self, pos: RunPosition) -> str:
         """What the run's last.pt holds, for a message about a stopped run (it is only ever written finite)."""
