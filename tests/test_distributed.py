@@ -5,6 +5,7 @@ place of `-m reslab`), torchrun (--max-restarts 1) restarts both workers, they r
 finish.
 """
 
+import copy
 import csv
 import os
 import shutil
@@ -17,10 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from reslab.checkpoint import read_checkpoint
-from reslab.config import make_config
+from reslab.checkpoint import model_from_checkpoint, read_checkpoint
+from reslab.config import TrainConfig, make_config
+from reslab.data import input_pipeline, load_dataset, make_loaders, make_splits
+from reslab.device import resolve_amp
 from reslab.distributed import backend_for
 from reslab.evaluate import evaluate_checkpoint
+from reslab.precise_bn import update_bn_stats
 from reslab.train import fit
 
 # 512 training images / (32 per process x 2 processes) = 8 steps per epoch
@@ -109,6 +113,35 @@ def test_sharded_evaluation_equals_a_single_process_evaluation(restarted_run):
     for split in ("test", "val"):
         single = evaluate_checkpoint(run / "last.pt", split=split, output=run.parent / "eval", quiet=True)
         assert single.accuracy == float(last[f"{split}_acc"])  # the same count of correct images
+
+
+def test_precise_statistics_are_the_average_over_the_batches_of_both_ranks(restarted_run):
+    # --precise-bn (default 2048 images, capped at one epoch: 8 batches per rank) after the last step: each rank
+    # averages its own shard's batches and the two are all-reduced; here the same 16 batches in one process
+    run, _ = restarted_run
+    ckpt = read_checkpoint(run / "last.pt")
+    config = TrainConfig.from_dict(ckpt["config"])
+    model = model_from_checkpoint({**ckpt, "model": ckpt["model"] | ckpt["running_stats"]})  # the trained network
+    data = load_dataset("synthetic")
+    splits = make_splits(data, config)
+    mean, std, crop = input_pipeline(config, data, None)
+    batches = []
+    for rank in (0, 1):
+        loader = make_loaders(splits, config, mean=mean, std=std, device=torch.device("cpu"), rank=rank, world_size=2)
+        loader["train"].set_epoch(ckpt["step"] // len(loader["train"]))
+        batches += list(loader["train"])
+    assert len(batches) == 16
+    stats = [k for k in ckpt["running_stats"] if not k.endswith("num_batches_tracked")]
+
+    def close_to_the_checkpoint(batches) -> bool:
+        net = copy.deepcopy(model)
+        update_bn_stats(net, batches, num_batches=16, amp_dtype=resolve_amp(config.amp, torch.device("cpu")))
+        # bf16 autocast, another thread count and summation order: equal to about 1e-4
+        return all(torch.allclose(ckpt["model"][k], net.state_dict()[k], rtol=1e-2, atol=1e-4) for k in stats)
+
+    assert close_to_the_checkpoint(batches)
+    assert not close_to_the_checkpoint(batches[:8])  # rank 0's shard alone is another average
+    assert not all(torch.equal(ckpt["model"][k], ckpt["running_stats"][k]) for k in stats)
 
 
 def test_resume_at_another_world_size(restarted_run, tmp_path):

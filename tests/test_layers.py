@@ -23,7 +23,7 @@ LAYERS = [
     {"safetensors_io"},
     {"checkpoint"},
     {"backends"},
-    {"evaluate", "optim", "weights", "understand", "ema"},
+    {"evaluate", "optim", "weights", "understand", "ema", "precise_bn"},
     {"runstate"},
     {"loop", "finetune", "tblog"},
     {"rundir", "report"},

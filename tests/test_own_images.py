@@ -138,3 +138,70 @@ def test_image_folder_flags_on_another_dataset_are_refused(tmp_path, capsys):
     argv = ["train", "--dataset", "synthetic", "--image-size", "16", "--output", str(tmp_path)]
     assert main(argv) == 2
     assert "--image-size: an option of --dataset imagefolder only" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# one decoder: what training reads from a file is what `reslab predict` reads from it
+
+
+def _natural(size: int) -> dict:
+    # what an image folder's checkpoint records (Dataset.preprocess): resize the shorter side, centre crop
+    return {"channel_order": "rgb", "resize": size, "crop": size, "interpolation": "bilinear", "mean": [0.5] * 3}
+
+
+def test_training_and_prediction_decode_a_16bit_png_and_an_exif_rotated_jpeg_to_the_same_tensor(tmp_path):
+    from PIL import Image
+
+    from reslab.data import read_image
+    from reslab.predict import load_natural_image
+
+    # a 16-bit grayscale PNG at 1/4 and 3/4 of its range: scaled to 8 bits (64 and 191), not clipped to white
+    deep = torch.zeros(40, 60, dtype=torch.int32)
+    deep[:, :30], deep[:, 30:] = 16384, 49151
+    Image.fromarray(deep.numpy().astype("uint16")).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    # a wide JPEG (bright left half) stored sideways, with EXIF orientation 6 saying so, as phones write them
+    wide = torch.zeros(40, 80, 3, dtype=torch.uint8)
+    wide[:, :40] = 250
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(wide.numpy()).transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.jpg", exif=exif)
+    # a palette PNG with a transparent colour, and a grayscale PNG with alpha
+    Image.fromarray(wide.numpy()).convert("P").save(tmp_path / "palette.png", transparency=0)
+    Image.fromarray(wide[..., 0].numpy()).convert("LA").save(tmp_path / "alpha.png")
+
+    for name in ("deep.png", "phone.jpg", "palette.png", "alpha.png"):
+        trained = read_image(tmp_path / name, image_size=16, in_chans=3)
+        predicted = load_natural_image(tmp_path / name, _natural(16))
+        assert trained.shape == predicted.shape == (3, 16, 16), name
+        assert torch.equal(trained, predicted), name
+    deep = read_image(tmp_path / "deep.png", image_size=16, in_chans=1)
+    assert abs(int(deep[8, 2]) - 64) <= 1 and abs(int(deep[8, 13]) - 191) <= 1
+    upright = read_image(tmp_path / "phone.jpg", image_size=16, in_chans=3)
+    # seen upright the image is wide again: bright on the left, dark on the right (centre crop of 16 out of 32x16)
+    assert upright[:, 8, 0].min() > 200 and upright[:, 8, 15].max() < 50
+
+
+def test_eval_of_the_val_split_decodes_only_it_and_a_bad_training_image_does_not_stop_it(folder, tmp_path, capsys):
+    import shutil
+
+    from reslab.data.imagefolder import scan_imagefolder
+    from reslab.data.loader import split_train_val
+
+    photos = tmp_path / "photos"
+    shutil.copytree(folder, photos)
+    fit(folder_config(photos, tmp_path, epochs=1, name="run"))
+    # break a training image that training used (not one held out for validation)
+    _, found = scan_imagefolder(photos)
+    paths, labels = found["train"]
+    kept, _, held_out, _ = split_train_val(torch.arange(len(paths)), torch.tensor(labels), len(paths) // 10, seed=0)
+    bad = paths[int(kept[0])]
+    with open(bad, "wb") as f:
+        f.write(b"not a PNG any more")
+    val_acc = read_checkpoint(tmp_path / "run" / "last.pt")["history"][-1]["val_acc"]
+    assert main(["eval", str(tmp_path / "run"), "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert f"on the val split: accuracy {100 * val_acc:.2f}% (" in out and f"of {len(held_out)})" in out
+    # training reads every file, and names the bad one
+    code = main(["train", *FOLDER_ARGS, "--data-dir", str(photos), "--output", str(tmp_path), "--name", "again"])
+    assert code == 2 and bad in capsys.readouterr().err

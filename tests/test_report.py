@@ -143,11 +143,17 @@ def folder_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("photos")
     g = torch.Generator().manual_seed(0)
     colours = {"red": (150, 90, 90), "green": (90, 150, 90), "blue": (90, 90, 150)}
+    names = list(colours)
     for split, n in (("train", 24), ("val", 8)):
-        for name, rgb in colours.items():
+        for c, (name, rgb) in enumerate(colours.items()):
             (root / split / name).mkdir(parents=True)
             for i in range(n):
-                # a faint colour under strong noise: one epoch leaves mistakes to show
+                # a faint colour under strong noise; the first two validation images of each class carry the next
+                # class's colour, so that even a model that learned the colours makes mistakes to show
+                if split == "val" and i < 2:
+                    rgb = colours[names[(c + 1) % len(names)]]
+                elif split == "val" and i == 2:
+                    rgb = colours[name]
                 noise = torch.randint(-90, 90, (32, 32, 3), generator=g)
                 image = (torch.tensor(rgb) + noise).clamp(0, 255).to(torch.uint8).numpy()
                 Image.fromarray(image).save(root / split / name / f"{i}.png")

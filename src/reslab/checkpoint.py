@@ -89,6 +89,14 @@ class TrainState:
     preprocess: dict[str, Any] | None = None
     threads: int | None = None  # CPU threads it was trained with: CPU results are bitwise exact only at the same count
     live_model: dict[str, torch.Tensor] | None = None  # with --ema: the trained weights ("model" is their average)
+    # with --precise-bn: "model" holds BatchNorm statistics recomputed for evaluation and inference; these are the
+    # running statistics training accumulated in that network, which a resumed run continues from
+    running_stats: dict[str, torch.Tensor] | None = None
+
+    def trained_model_state(self) -> dict[str, torch.Tensor]:
+        """The model state as training left it: `model` with the accumulated BatchNorm statistics, not the precise
+        ones evaluation uses."""
+        return self.model if self.running_stats is None else {**self.model, **self.running_stats}
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -24,6 +24,7 @@ LOGGERS = ("none", "tensorboard")
 DATASETS = ("fashion-mnist", "mnist", "kmnist", "cifar10", "cifar100", "imagefolder", "synthetic")
 FREEZE_MODES = ("backbone",)
 IN_CHANS = (1, 3)  # an image folder decoded as grayscale or RGB
+PRECISE_BN_DEFAULT = 2048  # images; see TrainConfig.precise_bn
 FLOAT32_MAX = 3.4028234663852886e38  # a learning rate beyond it is inf once it meets the float32 weights
 
 
@@ -157,6 +158,15 @@ class TrainConfig:
         help="test-time augmentation of every evaluation: average over the image and its mirror ('flip', 2 passes), "
         "and its 1-pixel shifts ('flip-shift', 6 passes)",
     )
+    # BatchNorm statistics recomputed for the weights as they are (pycls; Wu & Johnson 2021, section 3); training
+    # itself is untouched. The default was chosen on the validation split: docs/precise-bn.md
+    precise_bn: int = option(
+        PRECISE_BN_DEFAULT,
+        group="evaluation",
+        metavar="N",
+        help="recompute the BatchNorm statistics from N training images before each evaluation and checkpoint "
+        "(0: off, the running averages of training; docs/precise-bn.md)",
+    )
     amp: str = option("auto", group="speed", choices=AMP_MODES, help="mixed precision ('auto': bf16 where it is fast)")
     channels_last: bool = option(True, group="speed", help="NHWC memory format for the model and batches")
     device: str = option("auto", group="speed", choices=DEVICES, help="where to train")
@@ -233,6 +243,7 @@ def _validate(c: TrainConfig) -> None:
         ("random_erasing", is_number(c.random_erasing) and 0 <= c.random_erasing <= 1, "a probability in [0, 1]"),
         ("bn_bias_lr", is_number(c.bn_bias_lr) and 0 < c.bn_bias_lr <= 1e4, "a multiplier in (0, 10000]"),
         ("ema", is_number(c.ema) and 0 <= c.ema < 1, "a decay in [0, 1) (0 = off)"),
+        ("precise_bn", is_int(c.precise_bn) and c.precise_bn >= 0, "0 (off) or a number of training images"),
         ("val_every", is_int(c.val_every) and c.val_every >= 0, "0 (the last epoch only) or more epochs"),
         ("test_every", is_int(c.test_every) and c.test_every >= 0, "0 (the last epoch only) or more epochs"),
         ("resize", c.resize is None or (is_int(c.resize) and c.resize >= 8), "a size of at least 8 pixels"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -161,6 +162,10 @@ def evaluate_checkpoint(
     config = _data_config(m, dataset, data_dir, data_given=data is not None)
     if data is None:
         options = folder_options(config, m.preprocess)
+        if options and not config.skip_bad_images and len((m.preprocess or {}).get("mean", ())) == options["in_chans"]:
+            # an image folder normalised as the checkpoint records: decode only the split(s) to evaluate (with
+            # --skip-bad-images every training file is checked: which are left out decides the held-out split)
+            options["only"] = (split,) if split is not None else ("val", "test")
         data = load_dataset(config.dataset, data_dir if data_dir is not None else config.data_dir, **options)
     if len(data.classes) != len(m.classes):
         raise ReslabError(
@@ -264,3 +269,51 @@ def _report(
         print(per_class_table(result.confusion, m.classes))
         print(f"confusion matrix: {image}")
     return image
+
+
+# a prediction this concentrated on one class, in data where that class is far rarer, is a collapse, not a result
+ONE_CLASS_SHARE = 0.9
+# validation this far (in accuracy) below training is not the usual generalisation gap of a short run
+TRAIN_VAL_GAP = 0.2
+
+
+def run_warnings(
+    history: list[dict[str, Any]],
+    confusion: torch.Tensor | None,
+    classes: tuple[str, ...] | list[str],
+    *,
+    split: str = "test",
+    precise_bn: int = 0,
+) -> list[str]:
+    """What looks wrong at the end of a run, with its likely causes: one line each, nothing when all is well.
+
+    `history`: metrics.csv's rows (train_acc, val_acc of the last epoch are read); `confusion`: the last evaluation of
+    `split` (rows = true class); `precise_bn`: the run's --precise-bn (0: off), which changes the advice.
+    """
+    bn = (
+        "BatchNorm running statistics that lag weights which moved fast (few steps at a high learning rate): "
+        "recompute them with --precise-bn 2048 (off in this run) or train more epochs"
+        if not precise_bn
+        else "a learning rate too high for this data (try a lower --lr or more --warmup-epochs)"
+    )
+    out = []
+    if confusion is not None and len(classes) >= 2 and int(confusion.sum()) > 0:
+        total = int(confusion.sum())
+        predicted = confusion.sum(0)
+        top = int(predicted.argmax())
+        share, actual = int(predicted[top]) / total, int(confusion[top].sum()) / total
+        if share >= ONE_CLASS_SHARE and share - actual > 0.25:
+            out.append(
+                f"the {split} split was predicted as {classes[top]!r} for {int(predicted[top]):,} of its {total:,} "
+                f"images ({100 * share:.0f}%; {100 * actual:.0f}% of them are): the model has collapsed to one "
+                f"class. Likely causes: {bn}; classes the images do not tell apart; or too few epochs to learn them"
+            )
+    last = history[-1] if history else {}
+    train_acc, val_acc = last.get("train_acc"), last.get("val_acc")
+    if train_acc is not None and val_acc is not None and train_acc - val_acc >= TRAIN_VAL_GAP:
+        out.append(
+            f"validation accuracy {val_acc:.3f} is far below training accuracy {train_acc:.3f}. Likely causes: {bn}; "
+            f"overfitting a small training set (more images, or augmentation: --crop-padding, --hflip); or "
+            f"validation images unlike the training ones (another source, size or colour)"
+        )
+    return out

@@ -15,7 +15,6 @@ The checkpoint may also be a TrainedModel from reslab.load_checkpoint, or an ONN
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from reslab.backends import OnnxModel, Runner, TorchRunner, load_model
 from reslab.checkpoint import TrainedModel, ensure_folder
+from reslab.data.decode import decode_natural, open_image, to_8bit, upright
 from reslab.data.transforms import MEAN, STD, prepare_batch
 from reslab.errors import ReslabError
 from reslab.understand import grad_cam, save_cam_overlay
@@ -36,18 +36,7 @@ NATIVE_SIZE = 28
 # an image whose pixels all lie within this many grey levels of each other has nothing in it to classify
 EMPTY_RANGE = 4
 
-_EXIF_ORIENTATION = 0x0112
 _REDUCIBLE = ("L", "LA", "RGB", "RGBA", "I", "F")
-# EXIF orientation -> the transpose that undoes it (as PIL.ImageOps.exif_transpose)
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -71,21 +60,11 @@ def load_image(source: str | Path | Any, *, size: int = NATIVE_SIZE, invert: boo
     return _like_fashion_mnist(_read_gray(source, size=size, invert=invert), size)
 
 
-def _open_image(source: str | Path | Any, *, draft: int | None = None):
-    """(the decoded PIL image, its EXIF orientation or None); ReslabError naming the file on anything unreadable.
-
-    `draft`: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale while staying at least `draft` pixels on each side.
-    """
+def _reading(source: str | Path | Any, decode):
+    """decode(), with whatever goes wrong reading `source` as a ReslabError naming the file."""
     name = "<image>" if isinstance(source, Image.Image) else str(source)
     try:
-        with warnings.catch_warnings():
-            # between Pillow's warning and error limits (89M..179M pixels) we shrink early, so the warning is noise
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = source if isinstance(source, Image.Image) else Image.open(source)
-            orientation = im.getexif().get(_EXIF_ORIENTATION)  # phone photos store their rotation in EXIF
-            if draft:
-                im.draft(im.mode, (draft, draft))
-            im.load()
+        return decode()
     except FileNotFoundError:
         raise ReslabError(f"cannot read {name!r}: no such file") from None
     except IsADirectoryError:
@@ -100,12 +79,12 @@ def _open_image(source: str | Path | Any, *, draft: int | None = None):
         ) from None
     except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data: Pillow raises any of these
         raise ReslabError(f"cannot read {name!r}: damaged image data ({e})") from None
-    return im, orientation
 
 
 def _read_gray(source: str | Path | Any, *, size: int, invert: bool) -> np.ndarray:
     """The image as (H, W) uint8 grayscale, alpha composited, inverted if asked, upright, at most ~8x `size`."""
-    im, orientation = _open_image(source, draft=8 * size)  # at least 8x the target size
+    # at least 8x the target size; turned upright last, once the image is small
+    im, orientation = _reading(source, lambda: open_image(source, draft=(None, 8 * size)))
     if im.mode == "1":
         im = im.convert("L")
     elif im.mode in ("P", "PA"):  # box-reducing palette indices would mean nothing; the palette may be transparent
@@ -118,9 +97,7 @@ def _read_gray(source: str | Path | Any, *, size: int, invert: bool) -> np.ndarr
     im = _to_gray(im, background=255 if invert else 0)
     if invert:
         im = ImageOps.invert(im)
-    if orientation in _TRANSPOSE:
-        im = im.transpose(_TRANSPOSE[orientation])
-    return np.asarray(im, dtype=np.uint8)
+    return np.asarray(upright(im, orientation), dtype=np.uint8)
 
 
 def _like_fashion_mnist(a: np.ndarray, size: int) -> torch.Tensor:
@@ -155,10 +132,7 @@ def _like_fashion_mnist(a: np.ndarray, size: int) -> torch.Tensor:
 def _to_gray(im, *, background: int):
     """Any Pillow mode -> "L"; alpha composited on a flat `background` level (0 black, 255 white)."""
     if im.mode.startswith("I") or im.mode == "F":
-        # 16-bit PNGs: Pillow's own conversion to L clips at 255 instead of scaling
-        a = np.asarray(im, dtype=np.float64)
-        top = 1.0 if im.mode == "F" and a.max() <= 1 else 65535.0 if a.max() > 255 else 255.0
-        return Image.fromarray(np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8), mode="L")
+        return to_8bit(im)  # 16-bit PNGs scaled as training decodes them (Pillow's own conversion clips at 255)
     if im.mode in ("RGBA", "LA", "La", "RGBa"):
         im = im.convert("RGBA")
         bg = Image.new("RGBA", im.size, (background, background, background, 255))
@@ -175,11 +149,6 @@ def _background_level(a: np.ndarray) -> int:
 # ----------------------------------------------------------------------------------------------------------------------
 # natural images (ImageNet, CIFAR, image folders, pretrained weights)
 
-_RESAMPLE = {
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "nearest": Image.Resampling.NEAREST,
-}
 _MODE = {"rgb": "RGB", "bgr": "RGB", "gray": "L"}
 
 
@@ -193,35 +162,17 @@ def load_natural_image(source: str | Path | Any, preprocess: dict[str, Any]) -> 
     As torchvision's ImageClassification on a PIL image: the shorter side resized to preprocess["resize"] (the longer
     to int(resize * long / short)) with its interpolation, then the centre crop["crop"] x crop, the offsets
     int(round((size - crop) / 2)) (zero padding where the image is smaller); `normalize_natural` does the rest.
+    Decoded by reslab.data.decode, exactly as an image folder is decoded for training.
     """
     mode = _MODE.get(preprocess.get("channel_order"))
     if mode is None:
         raise ReslabError(f"checkpoint preprocess: unknown channel_order {preprocess.get('channel_order')!r}")
-    im, orientation = _open_image(source)  # decoded in full: a reduced JPEG decode would change the pixels
-    if orientation in _TRANSPOSE:
-        im = im.transpose(_TRANSPOSE[orientation])
-    if im.mode.startswith("I") or im.mode == "F":  # 16-bit PNGs: scale, do not clip
-        im = _to_gray(im, background=0)
-    im = im.convert(mode)  # transparency is dropped, as torchvision's loader does
     resize, crop = preprocess.get("resize"), preprocess.get("crop")
-    if resize:
-        w, h = im.size
-        new = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
-        if new != (w, h):
-            im = im.resize(new, _RESAMPLE.get(preprocess.get("interpolation"), Image.Resampling.BILINEAR))
-    a = np.asarray(im, dtype=np.uint8)
-    t = torch.from_numpy(a.copy()).unsqueeze(0) if a.ndim == 2 else torch.from_numpy(a.copy()).permute(2, 0, 1)
+    interpolation = preprocess.get("interpolation") or "bilinear"
+    t = _reading(source, lambda: decode_natural(source, mode, resize=resize, crop=crop, interpolation=interpolation))
     if preprocess.get("channel_order") == "bgr":
         t = t.flip(0)
-    if crop:
-        _, h, w = t.shape
-        if h < crop or w < crop:  # as torchvision's center_crop: pad with zeros first
-            ph, pw = max(crop - h, 0), max(crop - w, 0)
-            t = torch.nn.functional.pad(t, (pw // 2, (pw + 1) // 2, ph // 2, (ph + 1) // 2))
-            _, h, w = t.shape
-        top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
-        t = t[:, top : top + crop, left : left + crop]
-    return t.contiguous()
+    return t
 
 
 def normalize_natural(batch: torch.Tensor, preprocess: dict[str, Any]) -> torch.Tensor:

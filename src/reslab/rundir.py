@@ -34,6 +34,7 @@ from reslab.checkpoint import (
 from reslab.config import TrainConfig, flag_name
 from reslab.errors import NonFiniteLossError, ReslabError
 from reslab.plots import plot_confusion_matrix, plot_curves
+from reslab.precise_bn import running_stats
 from reslab.runstate import RunState
 
 
@@ -49,6 +50,7 @@ def save_last(state: RunState, *, step: int, step_in_epoch: int, progress: Epoch
     rank calls it, so that all know which step is on disk); NonFiniteLossError (and nothing written) if the weights
     are not finite, ReslabError (every rank) if the file cannot be written."""
     check_finite(state, step)
+    served = state.served(step)  # on every rank: precise statistics are all-reduced
     run, pos = state.run, state.pos
     error = None
     if run.is_main:
@@ -56,7 +58,7 @@ def save_last(state: RunState, *, step: int, step_in_epoch: int, progress: Epoch
         saved = TrainState(
             config=run.config.to_dict(),
             **run.meta,
-            model=state.delivered.state_dict(),
+            model=served.state_dict(),
             optimizer=state.optimizer.state_dict(),
             scaler=state.scaler.state_dict() if state.scaler is not None else None,
             epoch=pos.epoch,
@@ -70,6 +72,8 @@ def save_last(state: RunState, *, step: int, step_in_epoch: int, progress: Epoch
             epoch_progress=progress,
             threads=torch.get_num_threads(),
             live_model=state.model.state_dict() if state.ema is not None else None,
+            # --precise-bn: "model" holds the precise statistics; a resumed run continues from the accumulated ones
+            running_stats=running_stats(state.delivered) if state.precise is not None else None,
         )
         try:
             save_checkpoint(saved, run.run_dir / "last.pt", best=run.run_dir / "best.pt" if best else None)
@@ -93,6 +97,16 @@ def check_finite(state: RunState, step: int) -> None:
             f"values{f' ({names})' if names else ''} although the loss was finite; training stopped, "
             f"{on_disk(state)}. Try a lower --lr, a longer --warmup-epochs, or --amp off"
         )
+    if state.precise is not None:  # the same on every rank (all-reduced)
+        bad = non_finite_tensors(state.served(step).state_dict())
+        if bad:
+            names = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+            raise NonFiniteLossError(
+                f"training diverged: after step {step} (epoch {state.pos.epoch + 1}) the BatchNorm statistics of the "
+                f"weights, recomputed from {state.precise.num_images:,} training images (--precise-bn), are NaN or "
+                f"infinite ({names}) although the loss and the weights are finite; training stopped, "
+                f"{on_disk(state)}. Try a lower --lr, a longer --warmup-epochs, or --amp off"
+            )
 
 
 def on_disk(state: RunState) -> str:
@@ -184,7 +198,7 @@ FIXED_ON_RESUME = (
 )
 # (progress and log say how the run is watched, not what it computes: they may change too, and go unlisted)
 MAY_CHANGE_ON_RESUME = tuple(
-    f for f in TrainConfig.__dataclass_fields__ if f not in (*FIXED_ON_RESUME, "resume", "progress", "log")
+    f for f in TrainConfig.__dataclass_fields__ if f not in (*FIXED_ON_RESUME, "resume", "progress")
 )
 
 

@@ -26,6 +26,7 @@ from reslab.config import TrainConfig
 from reslab.data import BatchLoader
 from reslab.ema import EMA
 from reslab.optim import Schedule
+from reslab.precise_bn import PreciseBN
 
 
 @dataclass
@@ -87,6 +88,7 @@ class RunState:
     ema: EMA | None  # the weights' moving average (--ema): saved as "model", the weights as "live_model"
     loaders: dict[str, BatchLoader]  # "train", and "val" and "test" where they exist
     frozen: list[nn.Module]  # kept in eval mode while training (--freeze backbone)
+    precise: PreciseBN | None = None  # --precise-bn: the BatchNorm statistics evaluation and checkpoints use
     splits: Any = None  # reslab.data's splits (uint8 images and labels): the report analyses the test (or val) one
     pos: RunPosition = field(default_factory=RunPosition)
     confusion: torch.Tensor | None = None  # the test split's (or val's) at its latest evaluation, for the plot
@@ -103,5 +105,10 @@ class RunState:
 
     @property
     def delivered(self) -> nn.Module:
-        """The network the run delivers, which evaluation and best.pt judge: the moving average with --ema."""
+        """The network the run delivers, as training leaves it: the moving average with --ema."""
         return self.ema.module if self.ema is not None else self.model
+
+    def served(self, step: int) -> nn.Module:
+        """What evaluation judges and the checkpoint's "model" holds at `step`: `delivered`, or with --precise-bn a
+        copy of it with BatchNorm statistics recomputed for these weights (every rank must call it: all-reduce)."""
+        return self.precise.network(step) if self.precise is not None else self.delivered

@@ -35,12 +35,13 @@ from reslab.data import Dataset, folder_options, input_pipeline, load_dataset, m
 from reslab.device import amp_name, amp_warning, configure_device, resolve_amp, usable_threads
 from reslab.ema import EMA
 from reslab.errors import NonFiniteLossError, ReslabError
-from reslab.evaluate import evaluate
+from reslab.evaluate import evaluate, run_warnings
 from reslab.finetune import freeze_backbone, pretrained_model, read_pretrained
 from reslab.loop import EpochResult, StopRequest, train_one_epoch
 from reslab.memory import check_training_memory
 from reslab.models import build_model
 from reslab.optim import Schedule, build_optimizer
+from reslab.precise_bn import check_batch_statistics, module_names, precise_bn_for_run
 from reslab.report import RunWatch
 from reslab.rundir import (
     RunPlan,
@@ -108,8 +109,9 @@ def fit(config: TrainConfig, *, data: Dataset | None = None, explicit: Collectio
             watch.close(state.pos.history, state.pos.best_val_acc)
         _check_ranks_agree(state)
         state.model.eval()
-        _finish_report(state, watch)
-        return _result(state.config, state.run.run_dir, state.pos, state.delivered, state)
+        delivered = _delivered(state)
+        _finish_report(state, watch, delivered)
+        return _result(state.config, state.run.run_dir, state.pos, delivered, state)
     finally:
         release_run_folders()  # the claim on the run folder (an empty one this run created is removed)
         D.cleanup(dist_info)
@@ -187,10 +189,16 @@ def setup_run(plan: RunPlan, dist_info: D.DistInfo, *, data: Dataset | None, t_s
         "classes": list(data.classes),
         "preprocess": {**data.preprocess(), "mean": list(mean), "std": list(std), "crop": crop or input_size[1]},
     }
+    frozen_names = module_names(model, frozen)
+    train = loaders["train"]  # its batch is smaller than --batch-size when the training split is
+    check_batch_statistics(model, train.input_size, train.batch_size, requested=config.batch_size, skip=frozen_names)
     ema = EMA(model, config.ema) if config.ema else None
+    precise = precise_bn_for_run(config.precise_bn, ema.module if ema else model, train, amp_dtype, frozen_names)
     data_line = f"{splits.sizes()} images at {input_size[1]}x{input_size[2]} ({data.source})"
     run = RunInfo(config, plan.run_dir, dist_info, meta, amp_dtype, say, t_start, data_line)
-    return RunState(run, model, train_model, optimizer, scaler, schedule, ema, loaders, frozen, splits=splits)
+    return RunState(
+        run, model, train_model, optimizer, scaler, schedule, ema, loaders, frozen, precise=precise, splits=splits
+    )
 
 
 def resume(state: RunState, ckpt: dict[str, Any]) -> None:
@@ -198,9 +206,11 @@ def resume(state: RunState, ckpt: dict[str, Any]) -> None:
     A run saved by another number of processes (or with another batch size) continues at the same fraction of the
     epoch; the running sums still count the images already seen."""
     saved, run, pos = TrainState.from_dict(ckpt), state.run, state.pos
-    state.model.load_state_dict(saved.live_model if saved.live_model is not None else saved.model)
+    # "model" may hold precise BatchNorm statistics: training continues from the accumulated ones
+    state.model.load_state_dict(saved.live_model if saved.live_model is not None else saved.trained_model_state())
     if state.ema is not None:  # the saved average, or (--ema given only now) one that starts from these weights
-        state.ema.load_state_dict(saved.model if saved.live_model is not None else state.model.state_dict())
+        average = saved.trained_model_state() if saved.live_model is not None else state.model.state_dict()
+        state.ema.load_state_dict(average)
     state.optimizer.load_state_dict(saved.optimizer)
     if state.scaler is not None and saved.scaler is not None:
         state.scaler.load_state_dict(saved.scaler)
@@ -253,6 +263,10 @@ def _announce(state: RunState) -> None:
         f"{config.batch_size}{f' x {world}' if world > 1 else ''}, {state.steps_per_epoch} steps per epoch, "
         f"{config.epochs} epochs"
     )
+    if state.precise is not None:
+        run.say(
+            f"BatchNorm statistics: precise, from {state.precise.num_images:,} training images before each evaluation"
+        )
 
 
 def _watch(state: RunState) -> RunWatch:
@@ -273,13 +287,31 @@ def _watch(state: RunState) -> RunWatch:
     return watch
 
 
-def _finish_report(state: RunState, watch: RunWatch) -> None:
+def _delivered(state: RunState) -> nn.Module:
+    """What the run delivers (FitResult.model, the report's analysis) as its checkpoints hold it, after the
+    end-of-run warnings: the model or its EMA, with --precise-bn its precise BatchNorm statistics."""
+    run, pos = state.run, state.pos
+    model = state.delivered
+    if state.precise is not None and pos.history:
+        model = state.served(pos.step)
+        run.say(
+            f"precise BatchNorm statistics: {state.precise.seconds:.1f} s for {state.precise.computed} computations"
+        )
+    split = "test" if "test" in state.loaders else "val"  # the split state.confusion is of
+    for line in run_warnings(
+        pos.history, state.confusion, run.classes, split=split, precise_bn=state.config.precise_bn
+    ):
+        run.say(f"warning: {line}")
+    return model
+
+
+def _finish_report(state: RunState, watch: RunWatch, model: nn.Module) -> None:
     """The full report at the end of fit(): a finished run's mistakes and Grad-CAMs on the test (or val) split."""
     pre = state.run.meta["preprocess"]
     watch.finish(
         state.pos.history,
         completed=state.pos.epoch >= state.config.epochs,
-        model=state.delivered,
+        model=model,
         classes=state.run.classes,
         splits=state.splits,
         mean=pre["mean"],
@@ -412,6 +444,7 @@ def _end_epoch(state: RunState, result: EpochResult) -> None:
     net = state.delivered  # evaluation and best.pt judge the averaged weights, which are what eval/predict use
     if state.ema is not None:
         D.broadcast_buffers(net)
+    net = state.served(pos.step)  # with --precise-bn: a copy with the BatchNorm statistics of these weights
     epoch = pos.epoch + 1
     every = {"val": config.val_every, "test": config.test_every}
     evals = {

@@ -32,9 +32,10 @@ import io
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ from tqdm.auto import tqdm
 
 from reslab.atomic import write_bytes
 from reslab.data.dataset import SPLITS, Dataset
+from reslab.data.decode import decode_natural
 from reslab.data.transforms import channel_stats
 from reslab.errors import DataError, ReslabError
 
@@ -61,34 +63,21 @@ def read_image(path: str | Path, *, image_size: int, in_chans: int = 3) -> torch
     """One image file -> uint8 (image_size, image_size) for in_chans=1, (3, image_size, image_size) for 3.
 
     As torchvision's `Resize(image_size)` then `CenterCrop(image_size)` on `Image.open(path).convert(mode)`: the
-    shorter side becomes image_size (the longer int(image_size * long / short)), bilinear; the centre is kept.
+    shorter side becomes image_size (the longer int(image_size * long / short)), bilinear; the centre is kept. Decoded
+    by reslab.data.decode, as `reslab predict` decodes (EXIF orientation, 16-bit scaled, a JPEG drafted).
     Raises DataError naming the file when it cannot be decoded.
     """
     mode = {1: "L", 3: "RGB"}.get(in_chans)
     if mode is None:
         raise ReslabError(f"--in-chans: expected 1 (grayscale) or 3 (RGB), found {in_chans}")
-    s = image_size
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's notes on palettes and EXIF are not the user's concern here
-            with Image.open(path) as im:
-                im.draft(mode, (s, s))  # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below s on either side
-                im = im.convert(mode)
-                w, h = im.size
-                nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
-                if (nw, nh) != (w, h):
-                    im = im.resize((nw, nh), Image.Resampling.BILINEAR)
-                if (nw, nh) != (s, s):
-                    left, top = int(round((nw - s) / 2)), int(round((nh - s) / 2))
-                    im = im.crop((left, top, left + s, top + s))
-                a = np.asarray(im, dtype=np.uint8)
+        t = decode_natural(path, mode, resize=image_size, crop=image_size)
     except Exception as e:  # Pillow's format plugins raise many kinds of error on bad data
         reason = " ".join(f"{type(e).__name__}: {e}".split())
         raise DataError(
             f"{path}: cannot decode the image ({reason}); fix or remove it, or skip such files (--skip-bad-images)"
         ) from None
-    t = torch.from_numpy(a.copy())
-    return t if in_chans == 1 else t.permute(2, 0, 1).contiguous()
+    return t[0] if in_chans == 1 else t
 
 
 def check_image(path: str | Path) -> None:
@@ -327,6 +316,15 @@ def scan_imagefolder(folder: str | Path) -> tuple[tuple[str, ...], dict[str, tup
     return classes, splits
 
 
+def _train_stats(train: Any, *, streamed: bool, workers: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The training images' per-channel mean and std; of an evenly spaced sample when they are streamed from disk."""
+    if not streamed:
+        return channel_stats(train)
+    n = min(len(train), STATS_SAMPLE)
+    sample = torch.linspace(0, len(train) - 1, n).round().long().unique()  # evenly spaced: no seed to choose
+    return channel_stats(torch.cat(list(decode_batches(train, _chunks_of(sample), num_workers=workers))))
+
+
 def load_imagefolder(
     data_dir: str | Path | None,
     *,
@@ -336,10 +334,16 @@ def load_imagefolder(
     max_memory_bytes: int = MAX_MEMORY_BYTES,
     num_workers: int | None = None,
     progress: bool = True,
+    only: Collection[str] | None = None,
 ) -> Dataset:
-    """An image folder as a Dataset of uint8 images (N, S, S) or (N, 3, S, S), S = image_size; see the module
-    docstring for the layout, decoding, bad files and streaming. `num_workers`: decoding processes (None: by the
-    number of images and cores). mean/std are measured on the training images (a sample of 1,000 when streamed).
+    """An image folder as a Dataset of uint8 images (N, S, S) or (N, 3, S, S), S = image_size (the module docstring
+    has the layout, decoding, bad files, streaming). `num_workers`: decoding processes (None: by the number of images
+    and cores); mean/std are measured on the training images (a sample of 1,000 when streamed).
+
+    `only` (evaluation): decode only these splits; the others stay files on disk (ImageFiles), neither decoded nor
+    checked, so a bad training image does not stop the evaluation of a good validation folder (an evaluated subset
+    of them, the validation images held out of train, is decoded by the loader). mean/std are then not measured
+    (the dataset's are 0.5): the caller normalises as its checkpoint records.
     """
     if data_dir is None:
         raise ReslabError("--data-dir: --dataset imagefolder needs the folder of images (one sub-folder per class)")
@@ -361,6 +365,9 @@ def load_imagefolder(
     for split, (paths, labels) in found.items():
         files = ImageFiles(tuple(paths), image_size, in_chans, workers)
         labels = torch.tensor(labels, dtype=torch.int64)
+        if only is not None and split not in only:
+            splits[split] = (files, labels)
+            continue
         desc = f"{'checking' if streamed else 'decoding'} {split}"
         images, ok, bad = _read_all(
             files, check_only=streamed, skip_bad=skip_bad_images, num_workers=workers, progress=progress, desc=desc
@@ -372,13 +379,10 @@ def load_imagefolder(
         splits[split] = (images, labels[ok] if bad else labels)
         skipped += bad
 
-    train = splits["train"][0]
-    if streamed:
-        n = min(len(train), STATS_SAMPLE)
-        sample = torch.linspace(0, len(train) - 1, n).round().long().unique()  # evenly spaced: no seed to choose
-        mean, std = channel_stats(torch.cat(list(decode_batches(train, _chunks_of(sample), num_workers=workers))))
+    if only is not None and "train" not in only:
+        mean, std = (0.5,) * in_chans, (0.5,) * in_chans  # not measured: see the docstring
     else:
-        mean, std = channel_stats(train)
+        mean, std = _train_stats(splits["train"][0], streamed=streamed, workers=workers)
     source = str(folder)
     if skipped:
         source += f" ({len(skipped)} unreadable image{'s' * (len(skipped) != 1)} skipped)"
