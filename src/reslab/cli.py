@@ -222,6 +222,8 @@ def _cmd_eval(args) -> int:
 
 
 def _add_report(sub):
+    from reslab.config import DEVICES
+
     p = sub.add_parser(
         "report",
         help="write a run's (or an experiment's) report.html: curves, mistakes, Grad-CAM, one self-contained file",
@@ -232,7 +234,7 @@ def _add_report(sub):
         "figure and every network's curves. The file inlines its images and opens from disk, without a network.",
     )
     p.add_argument("path", metavar="RUN", help="a run folder (or its last.pt), or an experiment folder")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="(default: auto)")
+    p.add_argument("--device", choices=list(DEVICES), default="auto", help="(default: auto)")
     p.add_argument(
         "--no-analysis",
         action="store_true",

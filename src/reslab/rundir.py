@@ -91,22 +91,24 @@ def check_finite(state: RunState, step: int) -> None:
     bad = non_finite_tensors(state.model.state_dict())
     count = D.all_reduce_sum(torch.tensor([len(bad)], device=next(state.model.parameters()).device)).item()
     if count:
-        names = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
-        raise NonFiniteLossError(
-            f"training diverged: after step {step} (epoch {state.pos.epoch + 1}) the model holds NaN or infinite "
-            f"values{f' ({names})' if names else ''} although the loss was finite; training stopped, "
-            f"{on_disk(state)}. Try a lower --lr, a longer --warmup-epochs, or --amp off"
-        )
+        raise _diverged(state, step, "the model holds NaN or infinite values", bad, "the loss was finite")
     if state.precise is not None:  # the same on every rank (all-reduced)
         bad = non_finite_tensors(state.served(step).state_dict())
         if bad:
-            names = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
-            raise NonFiniteLossError(
-                f"training diverged: after step {step} (epoch {state.pos.epoch + 1}) the BatchNorm statistics of the "
-                f"weights, recomputed from {state.precise.num_images:,} training images (--precise-bn), are NaN or "
-                f"infinite ({names}) although the loss and the weights are finite; training stopped, "
-                f"{on_disk(state)}. Try a lower --lr, a longer --warmup-epochs, or --amp off"
+            what = (
+                f"the BatchNorm statistics of the weights, recomputed from {state.precise.num_images:,} training "
+                "images (--precise-bn), are NaN or infinite"
             )
+            raise _diverged(state, step, what, bad, "the loss and the weights are finite")
+
+
+def _diverged(state: RunState, step: int, what: str, bad: list[str], although: str) -> NonFiniteLossError:
+    names = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+    return NonFiniteLossError(
+        f"training diverged: after step {step} (epoch {state.pos.epoch + 1}) {what}{f' ({names})' if names else ''} "
+        f"although {although}; training stopped, {on_disk(state)}. Try a lower --lr, a longer --warmup-epochs, or "
+        "--amp off"
+    )
 
 
 def on_disk(state: RunState) -> str:
