@@ -339,8 +339,6 @@ class GradientsStudy(Study):
             "calibration_images": CALIBRATION_IMAGES,
             "line_test_indices": inputs.line_index,
             "seed": setup.seed,
-            "quick": setup.quick,
-            "networks_dir": str(setup.networks),
         }
 
     def document(self, measured: list[Measured], inputs: GradientsInputs) -> dict[str, Any]:

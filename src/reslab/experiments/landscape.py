@@ -275,8 +275,6 @@ class LandscapeStudy(Study):
             "radius": RADIUS,
             "direction_seed": setup.seed,
             "hessian": HESSIAN if o.hessian else None,
-            "quick": setup.quick,
-            "networks_dir": str(setup.networks),
             "directions": "filter-normalised, zero on BN and bias parameters (Li et al.'s --xignore biasbn); BN "
             "in eval mode on its running statistics",
         }

@@ -286,8 +286,6 @@ class LesionStudy(Study):
             "ks": list(range(1, o.max_k + 1)),
             "draws": o.draws,
             "seed": setup.seed,
-            "quick": setup.quick,
-            "networks_dir": str(setup.networks),
         }
 
     def document(self, measured: list[Measured], inputs: LesionInputs) -> dict[str, Any]:

@@ -123,7 +123,7 @@ class Study:
         raise NotImplementedError
 
     def settings(self, inputs: Any, setup: StudySetup) -> dict[str, Any]:
-        """results.json's "settings": what the study measured with."""
+        """results.json's "settings": what the study measured with (the harness adds "quick" and "networks_dir")."""
         raise NotImplementedError
 
     def document(self, measured: list[Measured], inputs: Any) -> dict[str, Any]:
@@ -172,7 +172,8 @@ def run_once(study: Study, run: StudyRun) -> tuple[dict[str, Any], str, list[Mea
     elapsed = time.perf_counter() - t_start
     doc = {
         "experiment": study.name,
-        "settings": study.settings(inputs, setup),
+        # the study's own settings, then what every study records (the harness knows them)
+        "settings": {**study.settings(inputs, setup), "quick": setup.quick, "networks_dir": str(setup.networks)},
         "machine": machine,
         "load_average_1min_at_end": machine_info().get("load_average_1min"),
         "time_s": elapsed,
