@@ -97,3 +97,15 @@ class TinyRun:
 @pytest.fixture(scope="session")
 def tiny() -> TinyRun:
     return TinyRun()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny models on a
+    shared CPU gain nothing from more threads, only contention."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

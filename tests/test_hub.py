@@ -39,12 +39,7 @@ OLD_COMMIT = "b" * 40
 TINY = {"widths": (8, 16, 32, 64)}  # timm's names at 1/8 of the width
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -24,14 +24,7 @@ from reslab.models import (
     model_entry,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # small models on a shared CPU: more threads only add contention
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 PREACT = (PreActBasicBlock, PreActBottleneck)

@@ -56,12 +56,7 @@ from reslab.understand.cam import jet
 WIDTHS = (4, 8, 16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared CPU: more threads only add contention
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(name: str, seed: int = 0, **overrides) -> torch.nn.Module:

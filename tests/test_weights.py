@@ -38,12 +38,7 @@ AKAMASTER_FILE = SHARED / "fixtures" / "resnet20-12fca82f.th"
 TINY = {"widths": (8, 16, 32, 64)}  # ImageNet layouts at 1/8 of the width: the same names, a fraction of the cost
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(autouse=True)
