@@ -1,5 +1,6 @@
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 
@@ -139,6 +140,32 @@ def test_write_results_writes_figure_table_csv_json(tmp_path):
     assert "| plain-56 | 270,000 | 3 | 11.00% | 10.67% | 3.0 min |" in table
 
 
+def test_the_figure_over_seeds_draws_the_mean_in_a_band_of_one_sem(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from reslab.experiments.harness import plot_comparison
+
+    bands = []
+    real = matplotlib.axes.Axes.fill_between
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "fill_between",
+        lambda ax, x, lo, hi, **kw: bands.append((x, lo, hi)) or real(ax, x, lo, hi, **kw),
+    )
+    one = _fake_results()
+    plot_comparison(one, tmp_path / "one.png")
+    assert bands == []  # a single seed has no spread to draw
+    # a second seed: each error 0.02 higher, so mean +0.01 and SEM (std 0.01414 / sqrt 2) = 0.01 at every epoch
+    two = [dataclasses.replace(r, seed=1, history=[h | {"train_error": h["train_error"] + 0.02,
+           "test_error": h["test_error"] + 0.02} for h in r.history]) for r in one]  # fmt: skip
+    plot_comparison(one + two, tmp_path / "two.png", title="t")
+    assert len(bands) == 2 * len(one)  # training and test error of each network
+    x, lo, hi = bands[0]  # plain-20's training error: 0.3 / epoch, mean + 0.01, ± 0.01
+    assert list(x) == [1, 2, 3]
+    assert lo == pytest.approx([100 * 0.3 / e for e in (1, 2, 3)])
+    assert hi == pytest.approx([100 * (0.3 / e + 0.02) for e in (1, 2, 3)])
+
+
 @pytest.mark.parametrize(
     "text, which, message",
     [
@@ -251,6 +278,11 @@ def test_lesion_verdict_as_veit_et_al_and_otherwise():
     sturdy_plain = _lesion_summary(0.09, 0.2, 0.3, None, {}, {})
     v = lesion_verdict(resnet, sturdy_plain, chance=0.9, depth=56)
     assert v.residual_robust and not v.plain_collapses and "does not collapse" in v.text
+    # the sampling error is stated when the number of images is given: at 10,000 images and 10%, 0.30 points
+    sized = lesion_verdict(resnet | {"single_median": 0.1}, plain, chance=0.9, depth=56, images=10_000).text
+    assert "10,000 test images" in sized and "about 0.30 points" in sized and "damage is 6.7 of them." in sized
+    small = lesion_verdict(_lesion_summary(0.08, 0.081, 0.2, 0.3, {}, {}), plain, chance=0.9, depth=56, images=100)
+    assert "within the sampling error" in small.text
     untrained = lesion_verdict(_lesion_summary(0.88, 0.9, 0.9, 0.9, {}, {}), plain, chance=0.9, depth=20)
     assert not untrained.residual_robust and "Verdict: none" in untrained.text
 
@@ -281,6 +313,9 @@ def test_landscape_verdict_compares_sharpness_and_convexity_pair_by_pair():
     neither = dict(li, **{"plain-56": _surface(0.9, nonconvex=0.0)})
     v = landscape_verdict(neither, depths=(20, 56), radius=0.5)
     assert "neither sharper nor more non-convex" in v.text
+    sampled = {k: v | {"sampling": {"rise": 1.0, "se": 0.04, "images": 500}} for k, v in li.items()}
+    text = landscape_verdict(sampled, depths=(56,), radius=0.5).text
+    assert "Sampling error over the 500 images, of the rise at distance 0.5" in text and "1 ± 0.04" in text
     one_depth = landscape_verdict(li, depths=(56,), radius=0.5)
     assert one_depth.gap_grows_with_depth is None and "grows" not in one_depth.text
 

@@ -45,6 +45,7 @@ from reslab.understand import (
     random_direction,
     reorder_blocks,
     reordered,
+    rise_with_error,
     same_state,
     save_cam_overlay,
     summarize_gradient_norms,
@@ -246,6 +247,26 @@ def test_loss_surface_centre_is_the_model_and_points_match_a_moved_copy():
     line = loss_surface(model, x, y, [d1], [0.0, 0.5])
     assert line["y"] is None and line["loss"][0] == surface["loss"][1][1]
     assert line["loss"][1] == pytest.approx(surface["loss"][1][2], rel=1e-6)
+
+
+def test_rise_with_error_is_the_surface_rise_with_the_paired_standard_error():
+    model = tiny("resnet20")
+    x, y = batch()
+    d = random_direction(model, generator=torch.Generator().manual_seed(1))
+    before = module_state(model)
+    r = rise_with_error(model, x, y, d, 0.5)
+    assert same_state(before, module_state(model))
+    line = loss_surface(model, x, y, [d], [0.0, 0.5])
+    assert r["rise"] == pytest.approx(line["loss"][1] - line["loss"][0], rel=1e-4)
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        for p, u in zip(moved.parameters(), d, strict=True):
+            p.add_(0.5 * u)
+    with torch.no_grad():
+        diff = F.cross_entropy(moved.eval()(x), y, reduction="none") - F.cross_entropy(
+            model.eval()(x), y, reduction="none"
+        )
+    assert r["images"] == len(y) and r["se"] == pytest.approx(diff.std().item() / len(y) ** 0.5, rel=1e-3)
 
 
 def test_summarize_surface_on_known_surfaces():

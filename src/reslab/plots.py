@@ -140,13 +140,29 @@ class ErrorCurve:
     epochs: list[int]
     train_error: list[float]
     test_error: list[float | None]
+    # over several seeds: each epoch's standard error of the mean, drawn as a band around the curve (None: no band)
+    train_sem: list[float | None] | None = None
+    test_sem: list[float | None] | None = None
+
+
+def _band(ax: Any, epochs: list[int], mean: list[float | None], sem: list[float | None] | None, color: str) -> None:
+    """mean ± sem as a shaded band (in %), where both are known."""
+    if sem is None:
+        return
+    points = [(x, m, s) for x, m, s in zip(epochs, mean, sem, strict=True) if m is not None and s is not None]
+    if points:
+        xs = [x for x, _, _ in points]
+        ax.fill_between(
+            xs, [100 * (m - s) for _, m, s in points], [100 * (m + s) for _, m, s in points], color=color, alpha=0.18,
+            linewidth=0,
+        )  # fmt: skip
 
 
 def plot_error_curves(panels: dict[str, list[ErrorCurve]], path: str | Path, *, title: str = "") -> Path:
     """The paper's Figure 6 style: one panel per group, training error dashed, test error solid, error in %.
 
     Within a panel each curve has its own colour, and the n-th curve of every panel the same colour (plain-20 and
-    ResNet-20 alike).
+    ResNet-20 alike). A curve with standard errors (several seeds) gets a band of ± 1 SEM around each line.
     """
     plt = pyplot()
     fig, axes = plt.subplots(
@@ -170,6 +186,8 @@ def plot_error_curves(panels: dict[str, list[ErrorCurve]], path: str | Path, *, 
                 markersize=4,
                 label=c.label,
             )
+            _band(ax, c.epochs, c.train_error, c.train_sem, color)
+            _band(ax, c.epochs, c.test_error, c.test_sem, color)
         ax.set_title(panel)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

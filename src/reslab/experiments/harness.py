@@ -20,7 +20,6 @@ import io
 import json
 import math
 import shutil
-import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -314,22 +313,28 @@ def _mean_sem(s: Spread) -> str:
 
 def plot_comparison(results: Sequence[RunResult], path: str | Path, *, title: str = "") -> Path:
     """The paper's Figure 6 style: one panel per `Run.panel`, training error dashed, test error solid; over several
-    seeds, the mean curve of each run."""
+    seeds, the mean curve of each run in a band of ± 1 SEM."""
     panels: dict[str, list[ErrorCurve]] = {}
+    n = min(len(rs) for rs in by_label(results).values())
     for label, rs in by_label(results).items():
         epochs = [h["epoch"] for h in rs[0].history]
-        curve = ErrorCurve(label, epochs, _mean_curve(rs, "train_error"), _mean_curve(rs, "test_error"))
+        (train, train_sem), (test, test_sem) = _mean_curve(rs, "train_error"), _mean_curve(rs, "test_error")
+        curve = ErrorCurve(label, epochs, train, test, train_sem if n > 1 else None, test_sem if n > 1 else None)
         panels.setdefault(rs[0].run.panel, []).append(curve)
+    if n > 1:
+        title += f" (mean of {n} seeds; bands: ± 1 SEM)"
     return plot_error_curves(panels, path, title=title)
 
 
-def _mean_curve(rs: Sequence[RunResult], key: str) -> list[float | None]:
-    """Epoch by epoch, the mean of `key` over the seeds (None where a seed has none)."""
-    out = []
+def _mean_curve(rs: Sequence[RunResult], key: str) -> tuple[list[float | None], list[float | None]]:
+    """Epoch by epoch, the mean of `key` over the seeds and its SEM (None where a seed has none; SEM None for one)."""
+    means, sems = [], []
     for rows in zip(*(r.history for r in rs), strict=True):
         values = [row[key] for row in rows]
-        out.append(None if None in values else statistics.fmean(values))
-    return out
+        s = None if None in values else Spread(values)
+        means.append(None if s is None else s.mean)
+        sems.append(None if s is None else s.sem)
+    return means, sems
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -31,7 +31,13 @@ from reslab.experiments.harness import duration
 from reslab.experiments.networks import Network, fixed_subset, training_images
 from reslab.experiments.study import Measured, Study, StudyRun, StudySetup, run_study
 from reslab.plots import pyplot, save_figure
-from reslab.understand import hessian_extreme_eigenvalues, loss_surface, random_direction, summarize_surface
+from reslab.understand import (
+    hessian_extreme_eigenvalues,
+    loss_surface,
+    random_direction,
+    rise_with_error,
+    summarize_surface,
+)
 
 RADIUS = 0.5  # the distance from the trained weights the loss rise is read at (filter-normalised units)
 HESSIAN = dict(size=256, steps=20)
@@ -72,6 +78,13 @@ def landscape_verdict(
             f"it: {p['2d']['basin_fraction']:.0%} vs {r['2d']['basin_fraction']:.0%}; non-convex grid points: "
             f"{p['2d']['nonconvex_fraction']:.0%} vs {r['2d']['nonconvex_fraction']:.0%}."
         )
+        if p.get("sampling") and r.get("sampling"):
+            ps, rs = p["sampling"], r["sampling"]
+            line += (
+                f" Sampling error over the {ps['images']:,} images, of the rise at distance {radius:g} along the first "
+                f"direction: plain-{d} {ps['rise']:.3g} ± {ps['se']:.2g}, ResNet-{d} {rs['rise']:.3g} ± {rs['se']:.2g} "
+                "(SE)."
+            )
         if p.get("hessian") and r.get("hessian"):
             line += (
                 f" Hessian |lambda_min/lambda_max|: plain-{d} {p['hessian']['ratio']:.3g}, ResNet-{d} "
@@ -231,6 +244,8 @@ class LandscapeStudy(Study):
             "2d": summarize_surface(two, radius=RADIUS),
             "1d": summarize_surface(one, radius=RADIUS),
             "hessian": None,
+            # the noise a rise carries from the choice of images: measured at one point, RADIUS along d1
+            "sampling": rise_with_error(net.model, x, labels, d1, RADIUS, batch_size=500),
         }
         if self.options.hessian:
             n = HESSIAN["size"]

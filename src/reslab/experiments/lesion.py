@@ -66,11 +66,19 @@ def _pts(v: float) -> str:
     return f"{100 * v:+.1f} points"
 
 
-def lesion_verdict(residual: dict[str, Any], plain: dict[str, Any], *, chance: float, depth: int) -> LesionVerdict:
+def sampling_error(error: float, images: int) -> float:
+    """The standard error of an error rate measured on `images` test images (binomial: sqrt(e (1 - e) / n))."""
+    return math.sqrt(max(error * (1 - error), 0.0) / images)
+
+
+def lesion_verdict(
+    residual: dict[str, Any], plain: dict[str, Any], *, chance: float, depth: int, images: int | None = None
+) -> LesionVerdict:
     """What `summarize_lesions` found for ResNet-`depth` and plain-`depth`, in words; `chance` = 1 - 1/classes.
 
     The thresholds are stated in the text: "robust" is a median damage below a tenth of the distance from the
-    intact error to chance, "collapses" a median error past half of it.
+    intact error to chance, "collapses" a median error past half of it. `images`: how many test images each error
+    was measured on; the text then states the sampling error of the residual network's median damage.
     """
     r, p = residual, plain
     r_damage, p_damage = r["single_median"] - r["baseline"], p["single_median"] - p["baseline"]
@@ -84,6 +92,13 @@ def lesion_verdict(residual: dict[str, Any], plain: dict[str, Any], *, chance: f
         f"{_pct(r['single_max'])} without {r['single_max_block']}); plain-{depth} {_pct(p['baseline'])} -> median "
         f"{_pct(p['single_median'])} ({_pts(p_damage)}).",
     ]
+    if images:
+        se = sampling_error(r["single_median"], images)  # the larger of the two errors the damage is taken between
+        lines.append(
+            f"Sampling error: each error is measured on {images:,} test images, so its standard error is about "
+            f"{100 * se:.2f} points (binomial, at ResNet-{depth}'s median); ResNet-{depth}'s median damage is "
+            f"{abs(r_damage) / se:.1f} of them" + (" (within the sampling error)." if abs(r_damage) < 2 * se else ".")
+        )
     harmful = r.get("harmful_blocks")
     if harmful is not None:
         lines.append(
@@ -261,7 +276,13 @@ class LesionStudy(Study):
     def verdict(self, measured: list[Measured], inputs: LesionInputs) -> str:
         summaries = _summaries(measured)
         return "\n\n".join(
-            lesion_verdict(summaries[f"ResNet-{d}"], summaries[f"plain-{d}"], chance=inputs.chance, depth=d).text
+            lesion_verdict(
+                summaries[f"ResNet-{d}"],
+                summaries[f"plain-{d}"],
+                chance=inputs.chance,
+                depth=d,
+                images=len(inputs.labels),
+            ).text
             for d in self.options.depths
         )
 

@@ -32,6 +32,7 @@ from reslab.understand.landscape import (
     hessian_vector_product,
     loss_surface,
     random_direction,
+    rise_with_error,
     summarize_surface,
 )
 from reslab.understand.lesion import (
@@ -80,6 +81,7 @@ __all__ = [
     "removable_blocks",
     "reorder_blocks",
     "reordered",
+    "rise_with_error",
     "same_state",
     "save_cam_overlay",
     "scale_maps",

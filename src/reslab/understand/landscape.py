@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reslab.errors import ReslabError
-from reslab.understand.common import check_images, classification_metrics, eval_mode
+from reslab.understand.common import _forward_batches, check_images, classification_metrics, eval_mode
 
 NORMS = ("filter", "layer")
 IGNORES = ("biasbn", "")
@@ -137,6 +137,45 @@ def loss_surface(
             for p, w in zip(params, base, strict=True):
                 p.copy_(w)
     return {"x": xs, "y": ys, "loss": loss, "accuracy": accuracy}
+
+
+def rise_with_error(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    direction: Sequence[torch.Tensor],
+    distance: float,
+    *,
+    batch_size: int = 1000,
+) -> dict[str, float]:
+    """The loss rise from w to w + distance*d and its sampling error over the images: per image, the cross-entropy
+    there minus at w; {"rise": their mean, "se": their standard deviation / sqrt(n), "images": n}.
+
+    The slices of `loss_surface` are means over one fixed set of images, so a rise they show carries this noise from
+    the choice of images (the same images at both points: a paired difference). The model is left as it was.
+    """
+    check_images(images, labels)
+    params = list(model.parameters())
+    base = [p.detach().clone() for p in params]
+
+    def per_image() -> torch.Tensor:
+        logits = _forward_batches(model, images, batch_size)
+        return F.cross_entropy(logits, labels.to(logits.device), reduction="none").double()
+
+    try:
+        with eval_mode(model):
+            at_w = per_image()
+            with torch.no_grad():
+                for p, u in zip(params, direction, strict=True):
+                    p.add_(u, alpha=distance)
+            diff = per_image() - at_w
+    finally:
+        with torch.no_grad():
+            for p, w in zip(params, base, strict=True):
+                p.copy_(w)
+    n = len(diff)
+    se = diff.std().item() / math.sqrt(n) if n > 1 else math.nan
+    return {"rise": diff.mean().item(), "se": se, "images": n}
 
 
 def _interp2(xs: np.ndarray, ys: np.ndarray, z: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
