@@ -146,7 +146,8 @@ class ErrorCurve:
 
 
 def _band(ax: Any, epochs: list[int], mean: list[float | None], sem: list[float | None] | None, color: str) -> None:
-    """mean ± sem as a shaded band (in %), where both are known."""
+    """mean ± sem as a shaded band and error bars (in %), where both are known: the bars show it at every epoch,
+    the band between epochs (with one epoch, only the bars)."""
     if sem is None:
         return
     points = [(x, m, s) for x, m, s in zip(epochs, mean, sem, strict=True) if m is not None and s is not None]
@@ -155,6 +156,10 @@ def _band(ax: Any, epochs: list[int], mean: list[float | None], sem: list[float 
         ax.fill_between(
             xs, [100 * (m - s) for _, m, s in points], [100 * (m + s) for _, m, s in points], color=color, alpha=0.18,
             linewidth=0,
+        )  # fmt: skip
+        ax.errorbar(
+            xs, [100 * m for _, m, _ in points], yerr=[100 * s for _, _, s in points], fmt="none", ecolor=color,
+            capsize=3, linewidth=1,
         )  # fmt: skip
 
 

@@ -322,7 +322,7 @@ def plot_comparison(results: Sequence[RunResult], path: str | Path, *, title: st
         curve = ErrorCurve(label, epochs, train, test, train_sem if n > 1 else None, test_sem if n > 1 else None)
         panels.setdefault(rs[0].run.panel, []).append(curve)
     if n > 1:
-        title += f" (mean of {n} seeds; bands: ± 1 SEM)"
+        title += f" (mean of {n} seeds; bands and bars: ± 1 SEM)"
     return plot_error_curves(panels, path, title=title)
 
 
