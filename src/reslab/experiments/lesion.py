@@ -71,21 +71,11 @@ def sampling_error(error: float, images: int) -> float:
     return math.sqrt(max(error * (1 - error), 0.0) / images)
 
 
-def lesion_verdict(
-    residual: dict[str, Any], plain: dict[str, Any], *, chance: float, depth: int, images: int | None = None
-) -> LesionVerdict:
-    """What `summarize_lesions` found for ResNet-`depth` and plain-`depth`, in words; `chance` = 1 - 1/classes.
-
-    The thresholds are stated in the text: "robust" is a median damage below a tenth of the distance from the
-    intact error to chance, "collapses" a median error past half of it. `images`: how many test images each error
-    was measured on; the text then states the sampling error of the residual network's median damage.
-    """
-    r, p = residual, plain
+def _measured_lines(
+    r: dict[str, Any], p: dict[str, Any], *, chance: float, depth: int, images: int | None
+) -> list[str]:
+    """What was measured, a line per experiment: the verdict's evidence before its conclusion."""
     r_damage, p_damage = r["single_median"] - r["baseline"], p["single_median"] - p["baseline"]
-    # a network already near chance has nothing to lose: neither claim can be made of it
-    learned = min(chance - r["baseline"], chance - p["baseline"]) > NEAR_CHANCE
-    residual_robust = learned and r_damage < 0.1 * (chance - r["baseline"])
-    plain_collapses = learned and p_damage > 0.5 * (chance - p["baseline"])
     lines = [
         f"Deleting one block that keeps the shape (test error, chance {_pct(chance)}): ResNet-{depth} "
         f"{_pct(r['baseline'])} -> median {_pct(r['single_median'])} ({_pts(r_damage)}; worst "
@@ -134,6 +124,26 @@ def lesion_verdict(
             f"k={hi} {_pct(r['reorder_mean'][hi])}; plain-{depth} k={lo} {_pct(p['reorder_mean'][lo])}, k={hi} "
             f"{_pct(p['reorder_mean'][hi])}."
         )
+    return lines
+
+
+def lesion_verdict(
+    residual: dict[str, Any], plain: dict[str, Any], *, chance: float, depth: int, images: int | None = None
+) -> LesionVerdict:
+    """What `summarize_lesions` found for ResNet-`depth` and plain-`depth`, in words; `chance` = 1 - 1/classes.
+
+    The thresholds are stated in the text: "robust" is a median damage below a tenth of the distance from the
+    intact error to chance, "collapses" a median error past half of it. `images`: how many test images each error
+    was measured on; the text then states the sampling error of the residual network's median damage.
+    """
+    r, p = residual, plain
+    r_damage, p_damage = r["single_median"] - r["baseline"], p["single_median"] - p["baseline"]
+    # a network already near chance has nothing to lose: neither claim can be made of it
+    learned = min(chance - r["baseline"], chance - p["baseline"]) > NEAR_CHANCE
+    residual_robust = learned and r_damage < 0.1 * (chance - r["baseline"])
+    plain_collapses = learned and p_damage > 0.5 * (chance - p["baseline"])
+    lines = _measured_lines(r, p, chance=chance, depth=depth, images=images)
+    harmful = r.get("harmful_blocks")
     if not learned:
         lines.append(
             f"Verdict: none: an intact network is within {100 * NEAR_CHANCE:.0f} points of chance, so deleting "
