@@ -113,13 +113,7 @@ def loss_surface(
     d2 = directions[1] if ys is not None else [None] * len(params)
 
     def at(a: float, b: float) -> dict[str, float]:
-        with torch.no_grad():
-            for p, w, u, v in zip(params, base, d1, d2, strict=True):
-                p.copy_(w)
-                if a:
-                    p.add_(u, alpha=a)
-                if b:
-                    p.add_(v, alpha=b)
+        _move_to(params, base, [(d1, a), (d2, b)])
         return classification_metrics(model, images, labels, batch_size=batch_size)
 
     try:
@@ -133,10 +127,19 @@ def loss_surface(
                 loss = [[m["loss"] for m in row] for row in points]
                 accuracy = [[m["accuracy"] for m in row] for row in points]
     finally:
-        with torch.no_grad():
-            for p, w in zip(params, base, strict=True):
-                p.copy_(w)
+        _move_to(params, base, [])
     return {"x": xs, "y": ys, "loss": loss, "accuracy": accuracy}
+
+
+@torch.no_grad()
+def _move_to(params: Sequence[torch.Tensor], base: Sequence[torch.Tensor], moves: Sequence[tuple[Any, float]]) -> None:
+    """params <- base + a * d for each (direction d, coefficient a) in `moves`, in order (a zero a is skipped);
+    with no moves, back to `base` exactly."""
+    for i, (p, w) in enumerate(zip(params, base, strict=True)):
+        p.copy_(w)
+        for d, a in moves:
+            if a:
+                p.add_(d[i], alpha=a)
 
 
 def rise_with_error(
@@ -165,14 +168,10 @@ def rise_with_error(
     try:
         with eval_mode(model):
             at_w = per_image()
-            with torch.no_grad():
-                for p, u in zip(params, direction, strict=True):
-                    p.add_(u, alpha=distance)
+            _move_to(params, base, [(direction, distance)])
             diff = per_image() - at_w
     finally:
-        with torch.no_grad():
-            for p, w in zip(params, base, strict=True):
-                p.copy_(w)
+        _move_to(params, base, [])
     n = len(diff)
     se = diff.std().item() / math.sqrt(n) if n > 1 else math.nan
     return {"rise": diff.mean().item(), "se": se, "images": n}
