@@ -188,7 +188,9 @@ def test_predict_and_eval_accept_the_onnx_file(onnx_files, checkpoints, image_fi
     assert main(["predict", str(pt), *map(str, image_files)]) == 0
     assert out_onnx == capsys.readouterr().out  # the same classes and percentages, to the printed digit
     assert main(["predict", str(onnx_path), str(image_files[0]), "--device", "cuda"]) == 2
-    assert "runs on the CPU" in capsys.readouterr().err
+    assert main(["predict", str(onnx_path), str(image_files[0]), "--amp", "bf16"]) == 2  # runs as exported
+    err = capsys.readouterr().err
+    assert "runs on the CPU" in err and "--amp bf16: an ONNX file runs as it was exported" in err
 
 
 @needs_onnx

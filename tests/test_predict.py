@@ -221,6 +221,20 @@ def test_a_fashion_mnist_image_saved_as_png_predicts_as_in_evaluation(checkpoint
     assert p == pytest.approx(expected.max().item(), abs=1e-5) and name == trained.classes[expected.argmax()]
 
 
+def test_predict_amp_is_asked_for_and_said_to_be_approximate(checkpoint, images, capsys):
+    from reslab.predict import predict
+
+    paths = [images["rgba"], images["palette"], images["large"]]
+    exact = predict(checkpoint, paths, topk=10)
+    assert "approximate" not in capsys.readouterr().err  # the default is exact fp32 (channels_last, same arithmetic)
+    fast = predict(checkpoint, paths, topk=10, amp="bf16")
+    assert "bf16 autocast: probabilities are approximate" in capsys.readouterr().err
+    for e, f in zip(exact, fast, strict=True):
+        e, f = dict(e), dict(f)
+        assert e != f  # bf16 did run: not bit for bit the fp32 probabilities
+        assert max(abs(e[c] - f[c]) for c in e) < 0.02  # bf16 keeps about 3 significant digits of each logit
+
+
 def test_predict_accepts_a_loaded_model_and_pil_images(checkpoint, images):
     from reslab.checkpoint import load_checkpoint
     from reslab.predict import predict

@@ -27,6 +27,7 @@ from reslab.backends import OnnxModel, Runner, TorchRunner, load_model
 from reslab.checkpoint import TrainedModel, ensure_folder
 from reslab.data.decode import decode_natural, open_image, to_8bit, upright
 from reslab.data.transforms import MEAN, STD, prepare_batch
+from reslab.device import amp_name, amp_warning, resolve_amp
 from reslab.errors import ReslabError
 from reslab.understand import grad_cam, save_cam_overlay
 
@@ -200,11 +201,27 @@ def _check_natural(trained: TrainedModel) -> dict[str, Any]:
 # the model
 
 
-def _runner(trained: TrainedModel | OnnxModel) -> Runner:
-    """What computes the logits: ONNX Runtime for an ONNX file, else eager PyTorch (fp32, the default memory layout)."""
-    # eager fp32 NCHW: faster than eager at batch 1 needs an export to ONNX first, channels_last was not clearly
-    # faster and torch.compile takes long to compile (the measurements: benchmarks/inference.py and the docs)
-    return trained.runner if isinstance(trained, OnnxModel) else TorchRunner(trained.model)
+def _runner(trained: TrainedModel | OnnxModel, amp: str = "off") -> Runner:
+    """What computes the logits: ONNX Runtime for an ONNX file; else eager PyTorch in channels_last, under autocast
+    only where `amp` asks for it (reslab.device.resolve_amp: 'auto' is bf16 on CPUs with native bf16, fp32 elsewhere).
+
+    channels_last is the same fp32 arithmetic (within reslab.export's tolerance) and was never slower: 1.1-1.5x on
+    the Xeon with AMX (docs/export.md). bf16 is 1.8-4.4x there but its probabilities are approximate (about 0.5% of
+    the largest logit), so it is asked for, not taken; torch.compile takes a minute to compile.
+    """
+    if isinstance(trained, OnnxModel):
+        if amp != "off":
+            raise ReslabError(f"--amp {amp}: an ONNX file runs as it was exported (fp32); --amp is for checkpoints")
+        return trained.runner
+    device = next(trained.model.parameters()).device
+    if (warning := amp_warning(amp, device)) is not None:
+        print(f"reslab predict: warning: {warning}", file=sys.stderr)
+    dtype = resolve_amp(amp, device)
+    if dtype is not None:
+        print(
+            f"reslab predict: {amp_name(dtype)}: probabilities are approximate (--amp off: exact fp32)", file=sys.stderr
+        )
+    return TorchRunner(trained.model, channels_last=True, amp_dtype=dtype)
 
 
 def _batch(images: torch.Tensor, trained: TrainedModel | OnnxModel, device: torch.device) -> torch.Tensor:
@@ -243,24 +260,27 @@ def predict(
     topk: int = 3,
     invert: bool = False,
     device: str = "cpu",
+    amp: str = "off",
 ) -> list[list[tuple[str, float]]]:
     """Top-`topk` (class name, probability) pairs for each image, most likely first.
 
     `checkpoint` is a checkpoint path (.pt or its run folder, .safetensors, or an exported .onnx) or a TrainedModel
-    from `reslab.load_checkpoint`; `images` are file paths or PIL images. Raises ReslabError on the first unreadable
-    image (see `predict_files` to go on).
+    from `reslab.load_checkpoint`; `images` are file paths or PIL images. `amp`: as `reslab predict --amp` (default
+    exact fp32). Raises ReslabError on the first unreadable image (see `predict_files` to go on).
     """
     trained = load_model(checkpoint, device)
     if not images:
         return []
-    return _topk(trained, torch.stack([_read(trained, im, invert=invert) for im in images]), topk=topk)
+    return _topk(trained, torch.stack([_read(trained, im, invert=invert) for im in images]), topk=topk, amp=amp)
 
 
-def _topk(trained: TrainedModel | OnnxModel, batch: torch.Tensor, *, topk: int) -> list[list[tuple[str, float]]]:
+def _topk(
+    trained: TrainedModel | OnnxModel, batch: torch.Tensor, *, topk: int, amp: str = "off"
+) -> list[list[tuple[str, float]]]:
     """Top-k of uint8 images: (N, 28, 28) Fashion-MNIST style, or (N, C, crop, crop) natural ones."""
     classes = trained.classes
     k = max(1, min(topk, len(classes)))
-    run = _runner(trained)
+    run = _runner(trained, amp)
     out = []
     for chunk in batch.split(256):
         probs = run(_batch(chunk, trained, run.device)).float().softmax(dim=1)
@@ -323,6 +343,7 @@ def predict_files(
     device: str = "auto",
     cam_dir: str | Path | None = None,
     cam_class: str | None = None,
+    amp: str = "off",
 ) -> list[tuple[str, str]]:
     """Print one line per image with its top-k classes; return the (path, reason) of each image that failed.
 
@@ -367,7 +388,7 @@ def predict_files(
                 )
             image = _like_fashion_mnist(image, NATIVE_SIZE)
         loaded.append((str(p), image))
-    _print_results(trained, loaded, empty, topk=topk)
+    _print_results(trained, loaded, empty, topk=topk, amp=amp)
     if cam_dir is not None and loaded:
         folder = Path(cam_dir)
         names = _cam_names([name for name, _ in loaded], folder)
@@ -390,11 +411,16 @@ def _empty_line(path, image) -> str:
 
 
 def _print_results(
-    trained: TrainedModel | OnnxModel, loaded: list[tuple[str, torch.Tensor]], empty: list[str], *, topk: int
+    trained: TrainedModel | OnnxModel,
+    loaded: list[tuple[str, torch.Tensor]],
+    empty: list[str],
+    *,
+    topk: int,
+    amp: str = "off",
 ) -> None:
     """One line per image: its name and top-k classes with their probabilities; then the empty images."""
     if loaded:
-        results = _topk(trained, torch.stack([t for _, t in loaded]), topk=topk)
+        results = _topk(trained, torch.stack([t for _, t in loaded]), topk=topk, amp=amp)
         width = max(len(name) for name, _ in loaded)
         for (name, _), pairs in zip(loaded, results, strict=True):
             print(f"{name:<{width}}  " + "  ".join(f"{c} {100 * q:.1f}%" for c, q in pairs))
