@@ -205,9 +205,9 @@ def _runner(trained: TrainedModel | OnnxModel, amp: str = "off") -> Runner:
     """What computes the logits: ONNX Runtime for an ONNX file; else eager PyTorch in channels_last, under autocast
     only where `amp` asks for it (reslab.device.resolve_amp: 'auto' is bf16 on CPUs with native bf16, fp32 elsewhere).
 
-    channels_last is the same fp32 arithmetic (within reslab.export's tolerance) and was never slower: 1.1-1.5x on
-    the Xeon with AMX (docs/export.md). bf16 is 1.8-4.4x there but its probabilities are approximate (about 0.5% of
-    the largest logit), so it is asked for, not taken; torch.compile takes a minute to compile.
+    channels_last is the same fp32 arithmetic (within reslab.export's tolerance) and was never slower: 1.0-1.5x on
+    both CPU kinds (docs/export.md). bf16 is 1.8-4.4x on the Xeon with AMX but its probabilities are approximate
+    (about 0.5% of the largest logit), so it is asked for, not taken; torch.compile takes a minute to compile.
     """
     if isinstance(trained, OnnxModel):
         if amp != "off":
