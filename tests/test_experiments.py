@@ -84,9 +84,13 @@ def test_degradation_verdict_over_seeds_the_other_way():
     v = degradation_verdict(plain, {20: [0.050, 0.051, 0.052], 56: [0.060, 0.061, 0.059]})
     assert not v.plain_degrades and not v.residual_improves and v.resolved
     assert "the deeper residual network trained worse" in v.text and "Verdict: no degradation" in v.text
-    # a residual difference within the noise counts as "at least as well"
-    within = degradation_verdict(CLEAR_PLAIN, {20: [0.05, 0.07, 0.06], 56: [0.065, 0.055, 0.06]})
-    assert within.plain_degrades and within.residual_improves and "at least as well within it" in within.text
+    # a residual difference within the noise is not resolved, and not taken for "at least as well": here ResNet-56
+    # failed to start on one seed of three (12% against 7%), as it can in three epochs
+    within = degradation_verdict(CLEAR_PLAIN, {20: [0.0675, 0.068, 0.0678], 56: [0.1235, 0.0693, 0.070]})
+    assert within.plain_degrades and not within.residual_improves and "as in the paper" in within.text
+    assert "ResNet-56 vs ResNet-20" in within.text and "-> not resolved: within the seeds' noise." in within.text
+    assert "whether ResNet-56 trains at least as well as ResNet-20 is not resolved" in within.text
+    assert "seeds would tell them apart at this spread" in within.text
 
 
 def test_shortcuts_verdict_orders_the_options():

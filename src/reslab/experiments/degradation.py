@@ -33,7 +33,7 @@ from reslab.models import list_models
 @dataclass(frozen=True)
 class Verdict:
     plain_degrades: bool  # the deepest plain network trains worse than the shallowest (several seeds: resolved so)
-    residual_improves: bool  # the deepest residual network trains no worse (several seeds: not resolved worse)
+    residual_improves: bool  # the deepest residual network trains no worse (several seeds: resolved better)
     text: str
     resolved: bool | None = None  # several seeds: the plain networks' difference is beyond the noise; 1 seed: None
 
@@ -57,20 +57,29 @@ def degradation_verdict(plain: Errors, residual: Errors) -> Verdict:
     dr = Difference(Spread(residual[rhi]), Spread(residual[rlo]))
     if dp.se is None or dr.se is None:
         return _single_run_verdict(dp, dr, (lo, hi, rlo, rhi))
-    plain_degrades, residual_improves = dp.sign > 0, dr.sign <= 0
+    # "at least as well" is called only when resolved: a difference lost in a wide spread (a deep network that
+    # failed to start on one seed of three) is not evidence that the deeper network trains as well
+    plain_degrades, residual_improves = dp.sign > 0, dr.sign < 0
     lines = [
         f"plain-{hi} vs plain-{lo}: training error {dp.a.text()} vs {dp.b.text()} ({dp.criterion()}) -> "
         + {1: "the deeper plain network trained worse: degradation.", -1: "the deeper plain network trained better.",
            0: "not resolved: within the seeds' noise."}[dp.sign],
         f"ResNet-{rhi} vs ResNet-{rlo}: training error {dr.a.text()} vs {dr.b.text()} ({dr.criterion()}) -> "
         + {-1: "the deeper residual network trained better.", 1: "the deeper residual network trained worse.",
-           0: "no difference beyond the seeds' noise: at least as well within it."}[dr.sign],
+           0: "not resolved: within the seeds' noise."}[dr.sign],
     ]  # fmt: skip
     n = min(dp.a.n, dp.b.n)
     if plain_degrades and residual_improves:
         lines.append(
             f"Verdict: as in the paper, depth hurts the plain networks and not the residual ones ({n} seeds; a "
             f"difference is called beyond {Z:g} standard errors)."
+        )
+    elif plain_degrades and dr.sign == 0:
+        needed = dr.seeds_needed
+        lines.append(
+            f"Verdict: the plain networks degrade, as in the paper (resolved by {n} seeds); whether ResNet-{rhi} "
+            f"trains at least as well as ResNet-{rlo} is not resolved: their training errors are within the seeds' "
+            "noise" + (f" (about {needed} seeds would tell them apart at this spread)." if needed else ".")
         )
     elif dp.sign == 0:
         needed = dp.seeds_needed
