@@ -5,6 +5,7 @@ latency (batch 1, milliseconds) and throughput (batch 32, images/s) of
     eager channels_last       the same with model and batches in NHWC
     eager bf16                bf16 autocast; only where the CPU has native bf16 (AVX512-BF16/AMX) unless --bf16
     eager bf16+channels_last  both
+    eager fused+channels_last BatchNorm folded into the convs (reslab.models.fuse_batchnorm), fp32, channels_last
     torch.compile             inductor, one static graph per batch size (compile time reported apart)
     onnxruntime               the model exported by reslab.export, run as `reslab predict` runs an ONNX file
                               (ONNX Runtime's CPU provider, all graph optimisations, threads that sleep when idle)
@@ -54,7 +55,7 @@ from reslab.backends import OnnxRunner, TorchRunner
 from reslab.device import cpu_has_bf16, machine_line
 from reslab.export import TOLERANCE, export_onnx
 from reslab.metadata import describe
-from reslab.models import build_model
+from reslab.models import build_model, fuse_batchnorm
 
 # name -> (build_model kwargs, input size, timed calls per round at batch 1, at the throughput batch)
 MODELS = {
@@ -67,6 +68,7 @@ PATHS = (
     "eager channels_last",
     "eager bf16",
     "eager bf16+channels_last",
+    "eager fused+channels_last",
     "torch.compile",
     "onnxruntime",
     "onnxruntime spinning",
@@ -170,6 +172,8 @@ def build_paths(name: str, model: torch.nn.Module, input_size, *, paths, batches
                 run = TorchRunner(_copy(model), amp_dtype=torch.bfloat16)
             elif path == "eager bf16+channels_last":
                 run = TorchRunner(_copy(model), channels_last=True, amp_dtype=torch.bfloat16)
+            elif path == "eager fused+channels_last":
+                run = TorchRunner(fuse_batchnorm(model), channels_last=True)
             elif path == "torch.compile":
                 compiled = torch.compile(_copy(model), dynamic=False)
                 run = TorchRunner(compiled)

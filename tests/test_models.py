@@ -749,3 +749,40 @@ def test_timm_tiered_stem_is_24_32_64_and_s_stem_starts_layer1_at_128():
     assert small.forward_features(torch.rand(1, 3, 64, 64)).shape == (1, 256, 2, 2)
     with pytest.raises(ReslabError, match="stem_chans must be at least 8"):
         build_model("resnet26t", widths=(4, 8, 16, 32))
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, size, left",
+    [
+        ("resnet20", {"in_chans": 1}, 28, 0),  # option A: every BN follows a conv of its block or the stem
+        ("resnet20", {"in_chans": 1, "shortcut": "B"}, 28, 0),  # and the projections' Sequential(conv, BN)
+        ("plain20", {"in_chans": 1}, 28, 0),
+        ("d2l_resnet18", {}, 32, 0),
+        ("resnet18", {}, 64, 0),
+        ("resnet50", {}, 64, 0),
+        ("resnet10t", {}, 64, 1),  # the deep stem's last conv is inside conv1 (a Sequential), its BN is bn1: kept
+        ("preact_resnet20", {"in_chans": 1}, 28, 18),  # BN before the conv: only the stem's can fold
+    ],
+)
+def test_fuse_batchnorm_folds_each_bn_into_its_conv_and_computes_the_same(name, kwargs, size, left):
+    from reslab.models import fuse_batchnorm
+
+    torch.manual_seed(0)
+    model = build_model(name, **kwargs)
+    for m in model.modules():  # statistics and affine parameters far from the identity, so that folding shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = fuse_batchnorm(model)
+    count = lambda m: sum(isinstance(q, torch.nn.BatchNorm2d) for q in m.modules())  # noqa: E731
+    assert count(fused) == left < count(model)
+    stem = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    x = torch.randn(3, stem.in_channels, size, size)
+    with torch.no_grad():
+        expected, got = model(x), fused(x)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the original is untouched

@@ -10,6 +10,7 @@ from reslab.models.blocks import (
     conv1x1,
     conv3x3,
 )
+from reslab.models.fuse import fuse_batchnorm
 from reslab.models.registry import ModelEntry, build_model, list_models, model_entry
 from reslab.models.resnet import D2LResNet, ResNet
 
@@ -26,6 +27,7 @@ __all__ = [
     "build_model",
     "conv1x1",
     "conv3x3",
+    "fuse_batchnorm",
     "list_models",
     "model_entry",
 ]
