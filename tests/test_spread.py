@@ -38,6 +38,11 @@ def test_a_difference_within_its_noise_is_not_resolved_and_says_how_many_seeds_w
     assert needed > 3 and abs(d.diff) > Z * d.se * math.sqrt(3 / needed)
     assert abs(d.diff) <= Z * d.se * math.sqrt(3 / (needed - 1)) or needed == 4
     assert f"3 seeds do not resolve it; about {needed} seeds would" in d.criterion()
+    # the means 0.01 points apart against 0.11 of noise: thousands of seeds, said as "practically equal"
+    tiny = Difference(Spread([0.0739, 0.0720, 0.0758]), Spread([0.0738, 0.0733, 0.0743]))
+    assert tiny.seeds_needed > 100 and "more than 100 seeds would be needed at this spread: practically equal" in (
+        tiny.criterion()
+    )
 
 
 def test_a_single_run_resolves_nothing_and_says_it_is_a_single_run():

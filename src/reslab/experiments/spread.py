@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 Z = 2.0  # a difference is called when it exceeds Z standard errors (about 95% two-sided for a normal spread)
+MANY_SEEDS = 100  # beyond this many seeds to resolve it, a difference is called practically nil
 
 
 @dataclass(frozen=True)
@@ -110,4 +111,6 @@ class Difference:
             return head + f": resolved by {min(self.a.n, self.b.n)} seeds"
         needed = self.seeds_needed
         more = f"; about {needed} seeds would at this spread" if needed else ""
+        if needed and needed > MANY_SEEDS:  # a difference far inside the noise: the means are practically equal
+            more = f"; more than {MANY_SEEDS} seeds would be needed at this spread: practically equal"
         return head + f": {min(self.a.n, self.b.n)} seeds do not resolve it{more}"
