@@ -106,7 +106,7 @@ class Difference:
         if self.se is None:
             return f"difference {d}; a single run, so seed noise is not measured and the sign is not established"
         ratio = abs(self.diff) / self.se if self.se > 0 else math.inf
-        head = f"difference {d}, {ratio:.1f} standard errors of {scale * self.se:.2f} (needs > {Z:g})"
+        head = f"difference {d}, {ratio:.2f} standard errors of {scale * self.se:.2f} (needs > {Z:g})"
         if self.resolved:
             return head + f": resolved by {min(self.a.n, self.b.n)} seeds"
         needed = self.seeds_needed
