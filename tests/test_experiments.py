@@ -291,6 +291,22 @@ def test_lesion_verdict_as_veit_et_al_and_otherwise():
     assert not untrained.residual_robust and "Verdict: none" in untrained.text
 
 
+def test_the_lesion_figure_takes_draws_that_are_all_equal(tmp_path):
+    # a broken network scores the same on every draw; the mean of equal values can round above their min
+    # (fmean of three 89.85s is 1.4e-14 above it), which matplotlib refuses as a negative error bar
+    from reslab.experiments.lesion import plot_lesions
+
+    single = [{"block": f"layer1.{i}", "position": i, "downsampling": False, "error": 0.8985} for i in range(3)]
+    study = {
+        "family": "plain",
+        "baseline": {"error": 0.12},
+        "single": single,
+        "random": [{"k": k, "draw": d, "error": 0.8985} for k in (1, 2) for d in range(3)],
+        "reorder": [{"kendall_tau": 0.5, "error": 0.8985}],
+    }
+    assert plot_lesions({"plain-56": study}, tmp_path / "lesion.png", chance=0.9).is_file()
+
+
 def _surface(rise, nonconvex=0.1, center=0.2, basin=0.5):
     two = {"loss_center": center, "loss_rise": rise, "basin_fraction": basin, "nonconvex_fraction": nonconvex}
     return {"2d": two, "1d": {"loss_center": center, "loss_rise": rise * 1.2}, "hessian": None}

@@ -208,8 +208,9 @@ def plot_lesions(studies: dict[str, dict[str, Any]], path: str | Path, *, chance
             by_k.setdefault(r["k"], []).append(100 * r["error"])
         ks = sorted(by_k)
         means = [statistics.fmean(by_k[k]) for k in ks]
-        lo = [m - min(by_k[k]) for k, m in zip(ks, means, strict=True)]
-        hi = [max(by_k[k]) - m for k, m in zip(ks, means, strict=True)]
+        # clamped at 0: the mean of equal draws (a broken network at chance every time) can round above their min
+        lo = [max(0.0, m - min(by_k[k])) for k, m in zip(ks, means, strict=True)]
+        hi = [max(0.0, max(by_k[k]) - m) for k, m in zip(ks, means, strict=True)]
         axes[1].errorbar(ks, means, yerr=[lo, hi], fmt="o-", ms=4, capsize=3, c=c, label=label)
         axes[2].plot(
             [r["kendall_tau"] for r in study["reorder"]], [100 * r["error"] for r in study["reorder"]], "o", ms=4,
