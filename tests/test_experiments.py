@@ -525,7 +525,7 @@ def test_study_help_shows_the_options_defaults_from_the_code(name, capsys):
 def test_study_options_default_quick_given_and_checked():
     from reslab.config import study_options
 
-    assert study_options("lesion").test_size == 500 and study_options("lesion", quick=True).test_size == 64
+    assert study_options("lesion").test_size == 2000 and study_options("lesion", quick=True).test_size == 64
     assert study_options("lesion", quick=True, test_size=7).test_size == 7
     assert study_options("gradients", depths=(20, 56)).depths == (20, 56)
     with pytest.raises(ReslabError, match="--grid: expected at least 3, got 2"):
