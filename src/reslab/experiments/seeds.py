@@ -88,6 +88,9 @@ def plot_spreads(table: dict[str, dict[str, Spread | None]], path: Path, *, titl
                 continue
             ax.errorbar([i], [s.mean], yerr=[s.sem], fmt="o", capsize=4, c="k")
             ax.plot([i] * s.n, s.values, ".", c="tab:blue", alpha=0.6)
+        values = [v for label in labels if table[label][q] is not None for v in table[label][q].values]
+        if values and min(values) > 0 and max(values) > 100 * min(values):
+            ax.set_yscale("log")  # ratios over orders of magnitude (a gradient norm growing 10^6-fold)
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
         ax.set_title(q, fontsize=9)
         ax.grid(alpha=0.3)
