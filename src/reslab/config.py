@@ -422,9 +422,9 @@ class LesionOptions:
     """`reslab experiment lesion`'s own options (reslab.experiments.lesion)."""
 
     depths: tuple[int, ...] = _option((56,), (20,), "depths of the plain/ResNet pairs")
-    # each network needs 88 evaluations: on the whole test set (10,000 images) that is about 12 min per network and
-    # seed on one core, so the default is 2,000 images, whose binomial standard error (0.6-0.7 points at a 9-10%
-    # error) is a third of the median damage of one deleted block; the verdict states it, --test-size 10000 is exact
+    # each network needs 88 evaluations: on 2,000 images plain-56 took 5.4 min on one core of the Xeon (beside
+    # another job), so the whole test set would take about 27 min per network and seed. The binomial standard error
+    # at 2,000 images (0.6-0.7 points at a 9-10% error) is stated in the verdict; --test-size 10000 is the test set
     test_size: int = _option(2000, 64, "test images scored (at most the test set's)")
     max_k: int = _option(10, 3, "k = 1..MAX_K blocks deleted or swapped")
     draws: int = _option(3, 2, "random draws for each k")
