@@ -273,8 +273,8 @@ def _add_predict(sub):
         "--amp",
         choices=list(AMP_MODES),
         default="off",
-        help="mixed precision of a checkpoint's forward pass ('auto': bf16 where it is fast, 1.8-4.4x on a CPU with "
-        "AMX; probabilities then approximate). Default off: exact fp32",
+        help="mixed precision of a checkpoint's forward pass ('auto': bf16 where the CPU has it, 1.9-4.4x the "
+        "throughput of large batches on a CPU with AMX; probabilities then approximate). Default off: exact fp32",
     )
     p.add_argument(
         "--cam",

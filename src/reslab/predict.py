@@ -29,6 +29,7 @@ from reslab.data.decode import decode_natural, open_image, to_8bit, upright
 from reslab.data.transforms import MEAN, STD, prepare_batch
 from reslab.device import amp_name, amp_warning, resolve_amp
 from reslab.errors import ReslabError
+from reslab.models import fuse_batchnorm
 from reslab.understand import grad_cam, save_cam_overlay
 
 # Fashion-MNIST's own size: images are brought to it first, then resized like the training images were (--resize),
@@ -202,12 +203,14 @@ def _check_natural(trained: TrainedModel) -> dict[str, Any]:
 
 
 def _runner(trained: TrainedModel | OnnxModel, amp: str = "off") -> Runner:
-    """What computes the logits: ONNX Runtime for an ONNX file; else eager PyTorch in channels_last, under autocast
-    only where `amp` asks for it (reslab.device.resolve_amp: 'auto' is bf16 on CPUs with native bf16, fp32 elsewhere).
+    """What computes the logits: ONNX Runtime for an ONNX file; else eager PyTorch with BatchNorm folded into the convs
+    (models.fuse_batchnorm, a copy) in channels_last, under autocast only where `amp` asks for it
+    (reslab.device.resolve_amp: 'auto' is bf16 on CPUs with native bf16, fp32 elsewhere).
 
-    channels_last is the same fp32 arithmetic (within reslab.export's tolerance) and was never slower: 1.0-1.5x on
-    both CPU kinds (docs/export.md). bf16 is 1.8-4.4x on the Xeon with AMX but its probabilities are approximate
-    (about 0.5% of the largest logit), so it is asked for, not taken; torch.compile takes a minute to compile.
+    Folding and channels_last are the same fp32 arithmetic (within reslab.export's tolerance): together 1.1-1.3x lower
+    latency and 1.4-1.7x the throughput of plain eager on the Xeon (docs/export.md). bf16 gives 1.9-4.4x the
+    throughput there (at batch 1 only ResNet-50 gains) but its probabilities are approximate (about 0.5% of the
+    largest logit), so it is asked for, not taken; torch.compile takes a minute to compile.
     """
     if isinstance(trained, OnnxModel):
         if amp != "off":
@@ -221,7 +224,7 @@ def _runner(trained: TrainedModel | OnnxModel, amp: str = "off") -> Runner:
         print(
             f"reslab predict: {amp_name(dtype)}: probabilities are approximate (--amp off: exact fp32)", file=sys.stderr
         )
-    return TorchRunner(trained.model, channels_last=True, amp_dtype=dtype)
+    return TorchRunner(fuse_batchnorm(trained.model), channels_last=True, amp_dtype=dtype)
 
 
 def _batch(images: torch.Tensor, trained: TrainedModel | OnnxModel, device: torch.device) -> torch.Tensor:
