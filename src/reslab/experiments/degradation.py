@@ -153,7 +153,8 @@ def shortcuts_verdict(errors: dict[str, tuple[float | Sequence[float], float | S
 
     pairs = list(zip(by_test[:-1], by_test[1:], strict=True))
     steps = [Difference(spreads[b][1], spreads[a][1]) for a, b in pairs]
-    several = min(s.n for _, s in spreads.values()) > 1
+    n = min(s.n for _, s in spreads.values())  # seeds every option has
+    several = n > 1
     as_paper = by_test == sorted(final, reverse=True) and (not several or all(d.resolved for d in steps))
     lines = [
         "training error: " + ranking(by_train, 0),
@@ -168,8 +169,8 @@ def shortcuts_verdict(errors: dict[str, tuple[float | Sequence[float], float | S
     if several and not as_paper and by_test[-1] == "A" and steps[-1].resolved:
         # the paper's main point (projections help a little over zero-padding) can hold without its full order
         lines[-1] += (
-            f" A (zero-padded identity) has the highest test error, resolved by {min(s.n for _, s in spreads.values())}"
-            " seeds: as in the paper, projections help a little"
+            f" A (zero-padded identity) has the highest test error, resolved by {n} seeds: as in the paper"
+            ", projections help a little"
             + ("; the others are not told apart." if not all(d.resolved for d in steps[:-1]) else ".")
         )
     if several:
