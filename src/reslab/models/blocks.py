@@ -94,7 +94,10 @@ class ShortcutA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
-            x = x[:, :, :: self.stride, :: self.stride]
+            # x[:, :, ::stride, ::stride] as a 1x1 average pool (the same numbers): the slice's backward hands back an
+            # NCHW gradient even to a channels_last network, and the mixed-layout adds and ReLU backward that follow
+            # cost ResNet-8 a fifth of its bf16 training speed (docs/benchmarks.md, "Memory layout")
+            x = F.avg_pool2d(x, 1, self.stride)
         extra = self.out_planes - self.in_planes
         if extra:
             before = extra // 2 if self.pad == "both" else 0
