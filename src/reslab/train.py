@@ -187,7 +187,7 @@ def setup_run(plan: RunPlan, dist_info: D.DistInfo, *, data: Dataset | None, t_s
         "model_kwargs": model_kwargs,
         "input_size": list(input_size),
         "classes": list(data.classes),
-        "preprocess": {**data.preprocess(), "mean": list(mean), "std": list(std), "crop": crop or input_size[1]},
+        "preprocess": {**data.preprocess(), "mean": list(mean), "std": list(std), "crop": crop or min(data.image_size)},
     }
     frozen_names = module_names(model, frozen)
     train = loaders["train"]  # its batch is smaller than --batch-size when the training split is
