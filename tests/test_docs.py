@@ -83,7 +83,7 @@ SHELL_LANGS = {"bash", "sh", "shell", "console"}
 def prose(page: Path) -> str:
     """The page without its fenced blocks and inline code: where links live."""
     text = page.read_text()
-    text = re.sub(r"^(\s*)(```+|~~~+).*?^\1\2\s*$", "", text, flags=re.M | re.S)
+    text = re.sub(r"^([ \t]*)(```+|~~~+).*?^\1\2\s*$", "", text, flags=re.M | re.S)
     return re.sub(r"`[^`\n]*`", "", text)
 
 

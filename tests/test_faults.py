@@ -80,10 +80,10 @@ def stuck_fsync(fd):
         time.sleep(3600)
     real_fsync(fd)
 os.fsync = stuck_fsync
-from reslab.config import make_config
+from reslab.config import TrainConfig
 from reslab.data import synthetic_dataset
 from reslab.train import fit
-config = make_config(**{TINY}, output=sys.argv[1], name="run", epochs=2, ckpt_interval=2)
+config = TrainConfig(**{TINY}, output=sys.argv[1], name="run", epochs=2, ckpt_interval=2)
 fit(config, data=synthetic_dataset(num_train=640, num_test=200, image_size=8))
 """
 

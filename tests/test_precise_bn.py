@@ -63,6 +63,7 @@ def test_precise_statistics_repair_the_collapsed_evaluation_of_a_small_folder(tm
         model="resnet8",
         model_kwargs={"widths": [8, 16, 32]},
         batch_size=32,
+        lr=0.4,
         epochs=1,
         threads=1,
         progress=False,

@@ -198,3 +198,10 @@ def test_every_recipe_trains_on_a_tiny_set(tmp_path, recipe):
     assert result.completed and result.test_acc is not None
     assert result.history[-1]["train_acc"] > chance + 3 * math.sqrt(chance * (1 - chance) / n)
 
+
+def test_the_default_recipe_trains_fashion_mnist_at_24_px_and_other_data_at_their_own_size():
+    assert make_config().resize == 24 and make_config(dataset="fashion-mnist").resize == 24
+    assert make_config(resize=28).resize == 28  # the flag wins
+    assert make_config(dataset="cifar10").resize is None and make_config(dataset="imagefolder").resize is None
+    assert make_config(pretrained="resnet18.tv_in1k").resize is None  # the weights' own preprocessing
+    assert make_config("best").resize is None and make_config("d2l").resize == 96  # other recipes as they were chosen

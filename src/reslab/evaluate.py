@@ -223,8 +223,9 @@ def _data_config(
                 "--dataset (and --data-dir) to evaluate it on"
             )
         config = make_config(dataset=dataset or "imagefolder", data_dir=data_dir, val_size=0, channels_last=False)
-        if (m.preprocess or {}).get("style", "fashion-mnist") == "fashion-mnist" and m.input_size[1] != 28:
-            config = dataclasses.replace(config, resize=m.input_size[1])  # trained at --resize (the seeds' 96)
+        if (m.preprocess or {}).get("style", "fashion-mnist") == "fashion-mnist":
+            # the model's own input size (the seeds' 96, the default recipe's 24), not the default recipe's
+            config = dataclasses.replace(config, resize=m.input_size[1] if m.input_size[1] != 28 else None)
     elif dataset is not None and dataset != config.dataset:
         raise ReslabError(f"--dataset {dataset}: the run in {m.path} was trained on {config.dataset}; leave it out")
     return config
