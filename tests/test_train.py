@@ -19,7 +19,7 @@ import reslab.cli
 import reslab.train
 from reslab.checkpoint import read_checkpoint
 from reslab.cli import main
-from reslab.errors import NonFiniteLossError
+from reslab.errors import NonFiniteLossError, ReslabError
 from reslab.evaluate import evaluate_checkpoint
 from reslab.optim import lr_factor
 from reslab.train import fit
@@ -369,3 +369,30 @@ def test_pretrained_weights_are_read_and_verified_once(tmp_path, monkeypatch, ti
     assert result.step == 2
     assert len(reads) == 1, f"the weights file was read {len(reads)} times"
     assert len(hashes) == 1, f"the weights file was hashed {len(hashes)} times"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# bf16 where the CPU kernels compute wrong gradients
+
+
+def test_the_bf16_hazard_is_a_strided_convolution_on_a_1x1_map():
+    from reslab.device import cpu_bf16_hazard
+    from reslab.models import build_model
+
+    assert "'layer4.0.conv1'" in cpu_bf16_hazard(build_model("resnet18"), (3, 16, 16))
+    assert cpu_bf16_hazard(build_model("resnet18"), (3, 32, 32)) is None
+    assert "'4.0.conv1'" in cpu_bf16_hazard(build_model("d2l_resnet18"), (1, 16, 16))
+    assert cpu_bf16_hazard(build_model("resnet8", in_chans=1), (1, 24, 24)) is None  # the default recipe's
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_model_bf16_would_train_wrongly_trains_in_fp32_or_is_refused(tmp_path, tiny, capsys, monkeypatch, native):
+    # resnet18 at 8x8: layer3.0.conv1 (3x3, stride 2) is the first to see a 1x1 map
+    monkeypatch.setattr(reslab.device, "cpu_has_bf16", lambda: native)
+    small = dict(model="resnet18", model_kwargs={}, max_steps=1, precise_bn=0, amp="auto", progress=True)
+    result = fit(tiny(tmp_path, **small), data=tiny.data)
+    assert result.completed is False and read_checkpoint(result.run_dir / "last.pt")["step"] == 1
+    out = capsys.readouterr().out
+    assert ("note: training in fp32, not bf16: 'layer3.0.conv1'" in out) == native and ", fp32," in out
+    with pytest.raises(ReslabError, match=r"--amp bf16: 'layer3.0.conv1'.*use --amp off"):
+        fit(tiny(tmp_path, **{**small, "amp": "bf16"}, name="explicit"), data=tiny.data)

@@ -32,7 +32,7 @@ from reslab import distributed as D
 from reslab.checkpoint import EpochProgress, TrainState, model_from_checkpoint
 from reslab.config import TrainConfig
 from reslab.data import Dataset, folder_options, input_pipeline, load_dataset, make_loaders, make_splits
-from reslab.device import amp_name, amp_warning, configure_device, resolve_amp, usable_threads
+from reslab.device import amp_name, amp_warning, configure_device, cpu_bf16_hazard, resolve_amp, usable_threads
 from reslab.ema import EMA
 from reslab.errors import NonFiniteLossError, ReslabError
 from reslab.evaluate import evaluate, run_warnings
@@ -118,6 +118,23 @@ def fit(config: TrainConfig, *, data: Dataset | None = None, explicit: Collectio
         torch.set_num_threads(threads)  # --threads is for this run, not for the rest of the caller's process
 
 
+def _training_amp(
+    config: TrainConfig, device: torch.device, model: nn.Module, input_size: tuple[int, int, int], say
+) -> torch.dtype | None:
+    """The autocast dtype of training: resolve_amp's, but fp32 where bf16 would train this model wrongly on this CPU
+    (`--amp auto`, with a note) or a ReslabError (an explicit `--amp bf16`)."""
+    amp_dtype = resolve_amp(config.amp, device)
+    if amp_dtype != torch.bfloat16 or device.type != "cpu":
+        return amp_dtype
+    hazard = cpu_bf16_hazard(model, input_size)
+    if hazard is None:
+        return amp_dtype
+    if config.amp != "auto":
+        raise ReslabError(f"--amp {config.amp}: {hazard}; use --amp off, or a larger --resize or --image-size")
+    say(f"note: training in fp32, not bf16: {hazard}")
+    return None
+
+
 def _sayer(config: TrainConfig, dist_info: D.DistInfo):
     return print if (dist_info.is_main and config.progress) else (lambda *a, **k: None)
 
@@ -177,7 +194,7 @@ def setup_run(plan: RunPlan, dist_info: D.DistInfo, *, data: Dataset | None, t_s
         splits, config, mean=mean, std=std, crop_size=crop, device=device, rank=dist_info.rank, world_size=world
     )
     model, train_model, model_kwargs, frozen = _make_model(config, data, dist_info, say, weights)
-    amp_dtype = resolve_amp(config.amp, device)
+    amp_dtype = _training_amp(config, device, model, loaders["train"].input_size, say)
     schedule = Schedule.for_run(config, steps_per_epoch=len(loaders["train"]), world_size=world)
     optimizer = build_optimizer(model, config, lr=schedule.peak_lr)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
