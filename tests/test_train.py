@@ -376,8 +376,8 @@ def test_pretrained_weights_are_read_and_verified_once(tmp_path, monkeypatch, ti
 
 
 def test_the_bf16_hazard_is_a_strided_convolution_on_a_1x1_map():
-    from reslab.device import cpu_bf16_hazard
     from reslab.models import build_model
+    from reslab.models.probe import cpu_bf16_hazard
 
     assert "'layer4.0.conv1'" in cpu_bf16_hazard(build_model("resnet18"), (3, 16, 16))
     assert cpu_bf16_hazard(build_model("resnet18"), (3, 32, 32)) is None

@@ -72,44 +72,6 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def cpu_bf16_hazard(model: torch.nn.Module, input_size: tuple[int, int, int]) -> str | None:
-    """Where training `model` on images of `input_size` (C, H, W) in bf16 on a CPU goes wrong, in words; None where
-    it does not. torch 2.13's bf16 CPU convolution backward reads uninitialised memory for a convolution with a
-    kernel larger than 1 and a stride above 1 that sees a 1x1 map (gradients differ from run to run, NaN in some;
-    fp32 is exact): ImageNet-style networks on images of 16 px or less. One forward pass of one image, in eval mode."""
-    seen: dict[str, tuple[int, int]] = {}
-
-    def recorder(name: str):
-        def record(module, args) -> None:
-            seen[name] = tuple(args[0].shape[-2:])
-
-        return record
-
-    hooks = [
-        m.register_forward_pre_hook(recorder(name))
-        for name, m in model.named_modules()
-        if isinstance(m, torch.nn.Conv2d) and max(m.kernel_size) > 1 and max(m.stride) > 1
-    ]
-    was_training = model.training
-    model.eval()
-    try:
-        p = next(model.parameters())
-        with torch.no_grad():
-            model(torch.zeros(1, *input_size, device=p.device, dtype=p.dtype))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    name = next((n for n, hw in seen.items() if hw == (1, 1)), None)
-    if name is None:
-        return None
-    _, h, w = input_size
-    return (
-        f"{name!r}, a strided convolution, sees a 1x1 map of a {h}x{w} input, where torch's bf16 CPU kernels compute "
-        "wrong gradients"
-    )
-
-
 def amp_warning(amp: str, device: torch.device) -> str | None:
     """A warning when an explicit --amp will be much slower than fp32 here (None when it will not)."""
     if device.type != "cpu":

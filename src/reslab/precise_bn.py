@@ -37,6 +37,7 @@ from torch import nn
 from reslab import distributed as D
 from reslab.device import autocast
 from reslab.errors import ReslabError
+from reslab.models.probe import input_shapes
 
 _BN = nn.modules.batchnorm._BatchNorm  # BatchNorm1d/2d/3d and SyncBatchNorm
 RUNNING = ("running_mean", "running_var", "num_batches_tracked")
@@ -196,33 +197,16 @@ def precise_bn_for_run(
 # a batch of one at 1x1
 
 
-@torch.no_grad()
 def smallest_bn_input(
     model: nn.Module, input_size: tuple[int, int, int], *, skip: Collection[str] = ()
 ) -> tuple[str, int] | None:
     """(name, H * W) of the BatchNorm layer (but those under `skip`) that sees the fewest values per channel of one
     image of `input_size` (C, H, W); None without such layers. One forward pass of one image, in eval mode (nothing
     changes)."""
-    sizes: dict[str, int] = {}
-
-    def recorder(name: str):
-        def record(module, args):
-            sizes[name] = args[0][0, 0].numel()  # values per channel of one image: H * W (1 for BatchNorm1d)
-
-        return record
-
-    hooks = [m.register_forward_pre_hook(recorder(name)) for name, m in bn_layers(model, skip=skip)]
-    if not hooks:
+    shapes = input_shapes(model, input_size, [name for name, _ in bn_layers(model, skip=skip)])
+    if not shapes:
         return None
-    was_training = model.training
-    model.eval()
-    try:
-        p = next(itertools.chain(model.parameters(), model.buffers()))
-        model(torch.zeros(1, *input_size, device=p.device, dtype=p.dtype))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    sizes = {name: math.prod(shape[2:]) for name, shape in shapes.items()}  # H * W of one image (1 for BatchNorm1d)
     name = min(sizes, key=sizes.get)
     return name, sizes[name]
 

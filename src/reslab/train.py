@@ -32,7 +32,7 @@ from reslab import distributed as D
 from reslab.checkpoint import EpochProgress, TrainState, model_from_checkpoint
 from reslab.config import TrainConfig
 from reslab.data import Dataset, folder_options, input_pipeline, load_dataset, make_loaders, make_splits
-from reslab.device import amp_name, amp_warning, configure_device, cpu_bf16_hazard, resolve_amp, usable_threads
+from reslab.device import amp_name, amp_warning, configure_device, resolve_amp, usable_threads
 from reslab.ema import EMA
 from reslab.errors import NonFiniteLossError, ReslabError
 from reslab.evaluate import evaluate, run_warnings
@@ -40,6 +40,7 @@ from reslab.finetune import freeze_backbone, pretrained_model, read_pretrained
 from reslab.loop import EpochResult, StopRequest, train_one_epoch
 from reslab.memory import check_training_memory
 from reslab.models import build_model
+from reslab.models.probe import cpu_bf16_hazard
 from reslab.optim import Schedule, build_optimizer
 from reslab.precise_bn import check_batch_statistics, module_names, precise_bn_for_run
 from reslab.report import RunWatch
