@@ -71,9 +71,9 @@ def activation_bytes(model: nn.Module, input_size: tuple[int, int, int], batch: 
 
 def training_estimate(config: TrainConfig) -> tuple[int, list[str], str]:
     """(bytes, what they are made of, the flag that sets the image size) for one training step of `config`."""
-    size = config.crop_size or config.resize or config.image_size or NATIVE_SIZE.get(config.dataset, 28)
-    stored = max(s for s in (config.resize, config.image_size, size) if s is not None)
     native = NATIVE_SIZE.get(config.dataset, 28)
+    size = config.crop_size or config.resize or config.image_size or native
+    stored = max(s for s in (config.resize, config.image_size, size) if s is not None)
     flag = next(  # a size at or below the images' own is not what makes a step too large: the batch is
         (f for f, v in (("--crop-size", config.crop_size), ("--resize", config.resize)) if v == size and v > native),
         "--image-size" if config.image_size and config.image_size > native else "--batch-size",
