@@ -383,6 +383,9 @@ def test_the_bf16_hazard_is_a_strided_convolution_on_a_1x1_map():
     assert cpu_bf16_hazard(build_model("resnet18"), (3, 32, 32)) is None
     assert "'4.0.conv1'" in cpu_bf16_hazard(build_model("d2l_resnet18"), (1, 16, 16))
     assert cpu_bf16_hazard(build_model("resnet8", in_chans=1), (1, 24, 24)) is None  # the default recipe's
+    spare = build_model("resnet18")
+    spare.unused = torch.nn.Conv2d(3, 3, 3, stride=2)  # a layer the forward pass never calls has no hazard
+    assert cpu_bf16_hazard(spare, (3, 64, 64)) is None
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -49,7 +49,8 @@ def cpu_bf16_hazard(model: nn.Module, input_size: tuple[int, int, int]) -> str |
         if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1 and max(m.stride) > 1
     ]
     shapes = input_shapes(model, input_size, strided)
-    name = next((n for n in strided if tuple(shapes[n][-2:]) == (1, 1)), None)
+    # in the order the forward pass met them; a layer the forward pass never calls has no shape and no hazard
+    name = next((n for n, shape in shapes.items() if tuple(shape[-2:]) == (1, 1)), None)
     if name is None:
         return None
     _, h, w = input_size
