@@ -376,6 +376,7 @@ def _settle(state: RunState, result: EpochResult) -> bool:
     if result.step_in_epoch == steps:
         _end_epoch(state, result)
     else:  # stopped mid-epoch: save exactly where it is
+        _one_copy_of_statistics(state)
         save_last(state, step=pos.step, step_in_epoch=result.step_in_epoch, progress=result.progress)
         sums = result.progress
         seen, secs = max(1, sums.seen), max(sums.train_time, 1e-9)
@@ -453,15 +454,23 @@ def _make_model(
     return model, train_model, model_kwargs, frozen
 
 
+def _one_copy_of_statistics(state: RunState) -> None:
+    """Rank 0's BatchNorm statistics (and those of the weights' average) on every rank, for evaluation, the
+    checkpoint and the end-of-run check: without SyncBN each rank's own batches moved its copy since DDP last
+    broadcast them, at the step's forward."""
+    D.broadcast_buffers(state.model)
+    if state.ema is not None:
+        D.broadcast_buffers(state.ema.module)
+
+
 def _end_epoch(state: RunState, result: EpochResult) -> None:
     """Evaluate (the splits due after this epoch), record, print and checkpoint a finished epoch."""
     t0 = time.perf_counter()
     run, pos, config, loaders = state.run, state.pos, state.config, state.loaders
-    D.broadcast_buffers(state.model)  # one copy of the BatchNorm statistics for evaluation and the checkpoint
+    _one_copy_of_statistics(state)
     check_finite(state, pos.step)  # before evaluating: inf BatchNorm statistics would give a meaningless score
-    net = state.delivered  # evaluation and best.pt judge the averaged weights, which are what eval/predict use
-    if state.ema is not None:
-        D.broadcast_buffers(net)
+    # evaluation and best.pt judge the averaged weights, which are what eval/predict use; with --precise-bn a copy
+    # with the BatchNorm statistics of these weights
     net = state.served(pos.step)  # with --precise-bn: a copy with the BatchNorm statistics of these weights
     epoch = pos.epoch + 1
     every = {"val": config.val_every, "test": config.test_every}
