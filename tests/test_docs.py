@@ -80,11 +80,14 @@ ALL_BLOCKS = [b for page in PAGES for b in blocks(page)]
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
 
 
+def unfenced(page: Path) -> str:
+    """The page without its fenced blocks (whose `# comments` are not headings)."""
+    return re.sub(r"^([ \t]*)(```+|~~~+).*?^\1\2\s*$", "", page.read_text(), flags=re.M | re.S)
+
+
 def prose(page: Path) -> str:
     """The page without its fenced blocks and inline code: where links live."""
-    text = page.read_text()
-    text = re.sub(r"^([ \t]*)(```+|~~~+).*?^\1\2\s*$", "", text, flags=re.M | re.S)
-    return re.sub(r"`[^`\n]*`", "", text)
+    return re.sub(r"`[^`\n]*`", "", unfenced(page))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -291,7 +294,7 @@ def slug(heading: str) -> str:
 
 
 def anchors(page: Path) -> set[str]:
-    headings = re.findall(r"^#{1,6}\s+(.+?)\s*#*$", prose(page), flags=re.M)
+    headings = re.findall(r"^#{1,6}\s+(.+?)\s*#*$", unfenced(page), flags=re.M)  # inline code counts in a slug
     seen: dict[str, int] = {}
     out = set()
     for h in headings:
