@@ -304,7 +304,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
     # the most accurate recipe measured (its figures: the docs, Training): ResNet-20 for 27 epochs with 2-pixel random
     # crops, alternating flips and an EMA of the weights; evaluated with flip-and-shift TTA, chosen on the validation
-    # split
+    # split. TTA makes an evaluation 6 passes, so the validation split is evaluated every 3 epochs (27 evaluations
+    # took 136 s of a 19.6-min run on the Xeon) and the test split once, after the last
     "best": dict(
         model="resnet20",
         epochs=27,
@@ -313,6 +314,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         hflip=True,
         hflip_mode="alternate",
         ema=0.999,
+        val_every=3,
         test_every=0,
         tta="flip-shift",
     ),
