@@ -471,7 +471,7 @@ def _end_epoch(state: RunState, result: EpochResult) -> None:
     check_finite(state, pos.step)  # before evaluating: inf BatchNorm statistics would give a meaningless score
     # evaluation and best.pt judge the averaged weights, which are what eval/predict use; with --precise-bn a copy
     # with the BatchNorm statistics of these weights
-    net = state.served(pos.step)  # with --precise-bn: a copy with the BatchNorm statistics of these weights
+    net = state.served(pos.step)
     epoch = pos.epoch + 1
     every = {"val": config.val_every, "test": config.test_every}
     evals = {
