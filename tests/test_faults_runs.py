@@ -157,6 +157,7 @@ def test_a_failed_run_leaves_no_empty_run_folder(tmp_path, capsys):
     "flags, flag",
     [
         (["--resize", "5000"], "--resize"),
+        (["--progressive-resize", "5000"], "--progressive-resize"),
         (["--dataset", "imagefolder", "--image-size", "100000"], "--image-size"),
         (["--batch-size", "10000000"], "--batch-size"),
     ],
@@ -169,13 +170,29 @@ def test_a_setting_that_cannot_fit_in_memory_is_refused_before_allocating(tmp_pa
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("name", ["resnet8", "resnet18", "preact_resnet20"])
+def test_activations_are_counted_alike_on_the_cpu_and_the_meta_device(monkeypatch, name):
+    """Small images run through a zero-weight copy on the CPU (fast to start), large ones on "meta": the same count."""
+    from reslab import memory
+    from reslab.models import build_model
+
+    def count():
+        with torch.device("meta"):
+            model = build_model(name, in_chans=1, num_classes=10)
+        return memory.activation_bytes(model, (1, 40, 40), 128, itemsize=2)
+
+    on_cpu = count()
+    monkeypatch.setattr(memory, "SMALL_INPUT", 0)
+    assert count() == on_cpu > 128 * 40 * 40 * 2
+
+
 def test_more_threads_than_cores_are_capped_with_a_note(tmp_path, capsys):
     many = usable_cpus() + 7
     config = make_config(**{**TINY, "threads": many, "progress": True}, epochs=1, max_steps=1, val_size=0)
     fit(make_config(**{**config.to_dict(), "output": str(tmp_path)}), data=data())
     out = capsys.readouterr().out
     assert f"--threads {many} is more than the {usable_cpus()} CPUs" in out
-    assert f"({usable_cpus()} threads)" in out
+    assert f"({usable_cpus()} thread{'s' * (usable_cpus() != 1)})" in out
 
 
 def test_a_run_without_name_that_meets_a_folder_in_use_takes_the_next_name(tmp_path, monkeypatch):

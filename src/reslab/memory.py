@@ -6,7 +6,10 @@ at all. The estimate is a lower bound, so only what cannot fit is refused:
 
 - one batch of stored images (uint8) and its float32 copy, and, for an image folder, one image decoded at that size;
 - the activations training keeps for the backward pass: the outputs of every convolution, BatchNorm and linear layer
-  for one batch, counted by running the model on PyTorch's "meta" device (shapes only: nothing is allocated);
+  for one batch, counted by running one image through the model: a zero-weight copy on the CPU, or for images larger
+  than 512x512 (whose one-image pass would itself be large) on PyTorch's "meta" device (shapes only: nothing is
+  allocated). The meta device is not the default because its first call imports sympy and torch._dynamo, 1.5 s of
+  every run's start-up;
 - the weights, their gradients and the optimiser's momentum.
 """
 
@@ -25,6 +28,7 @@ from reslab.models import build_model
 NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "imagefolder": 32}  # the others: 28x28
 RGB = ("cifar10", "cifar100", "imagefolder")
 FLOAT32 = 4
+SMALL_INPUT = 512 * 512  # pixels: activation_bytes runs one such image on the CPU, larger ones on "meta"
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -50,32 +54,46 @@ def available_memory(device: torch.device) -> int | None:
 
 
 def activation_bytes(model: nn.Module, input_size: tuple[int, int, int], batch: int, *, itemsize: int) -> int:
-    """Bytes of the conv/BN/linear outputs of one forward pass of `batch` images: what backward keeps."""
-    total = 0
+    """Bytes of the conv/BN/linear outputs of one forward pass of `batch` images: what backward keeps. `model` is
+    on the meta device (no weights); each output is counted for one image, times `batch`."""
+    per_image = 0
 
     def count(module, args, output):
-        nonlocal total
+        nonlocal per_image
         if isinstance(output, torch.Tensor):
-            total += output.numel() * itemsize
+            per_image += output[0].numel() * itemsize
 
+    c, h, w = input_size
+    device = "cpu" if h * w <= SMALL_INPUT else "meta"
+    if device == "cpu":
+        model = model.to_empty(device="cpu").eval()  # eval: a batch of one is a valid BatchNorm input
+        with torch.no_grad():
+            for t in [*model.parameters(), *model.buffers()]:
+                t.zero_()  # uninitialised memory may hold denormals or NaNs, which are slow to compute with
     layers = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
     handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, layers)]
     try:
         with torch.no_grad():
-            model(torch.empty(batch, *input_size, device="meta"))
+            model(torch.zeros(1, c, h, w, device=device))
     finally:
-        for h in handles:
-            h.remove()
-    return total
+        for handle in handles:
+            handle.remove()
+    return per_image * batch
 
 
 def training_estimate(config: TrainConfig) -> tuple[int, list[str], str]:
     """(bytes, what they are made of, the flag that sets the image size) for one training step of `config`."""
     native = NATIVE_SIZE.get(config.dataset, 28)
-    size = config.crop_size or config.resize or config.image_size or native
+    # the largest batch trained: --progressive-resize is usually the smaller size, but need not be
+    size = max(config.crop_size or config.resize or config.image_size or native, config.progressive_resize or 0)
     stored = max(s for s in (config.resize, config.image_size, size) if s is not None)
+    sizes = (
+        ("--crop-size", config.crop_size),
+        ("--resize", config.resize),
+        ("--progressive-resize", config.progressive_resize),
+    )
     flag = next(  # a size at or below the images' own is not what makes a step too large: the batch is
-        (f for f, v in (("--crop-size", config.crop_size), ("--resize", config.resize)) if v == size and v > native),
+        (f for f, v in sizes if v == size and v > native),
         "--image-size" if config.image_size and config.image_size > native else "--batch-size",
     )
     chans = config.in_chans or (3 if config.dataset in RGB else 1)
