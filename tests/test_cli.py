@@ -37,10 +37,11 @@ def test_bad_flag_value_is_a_clear_error_without_traceback(capsys):
 
 
 def test_d2l_recipe_is_the_seeds_configuration():
-    from reslab.config import RECIPES, make_config
+    from reslab.config import RECIPES, TrainConfig, make_config
     from reslab.models.registry import model_entry
 
-    c, default = make_config("d2l"), make_config()
+    # TrainConfig(): the default recipe without its Fashion-MNIST sizes (make_config's, for that recipe alone)
+    c, default = make_config("d2l"), TrainConfig()
     entry = model_entry(c.model)
     # the seeds' network, fed the input it was built for (Fashion-MNIST at 96x96), on all 60,000 training images
     assert entry.family == "d2l" and (1, c.resize, c.resize) == entry.default_input_size and c.val_size == 0

@@ -399,3 +399,37 @@ def test_a_model_bf16_would_train_wrongly_trains_in_fp32_or_is_refused(tmp_path,
     assert ("note: training in fp32, not bf16: 'layer3.0.conv1'" in out) == native and ", fp32," in out
     with pytest.raises(ReslabError, match=r"--amp bf16: 'layer3.0.conv1'.*use --amp off"):
         fit(tiny(tmp_path, **{**small, "amp": "bf16"}, name="explicit"), data=tiny.data)
+
+
+def record_input_sizes(monkeypatch) -> list[tuple[bool, int]]:
+    """(a training step?, the image size) of every forward of fit's model, in order."""
+    real, seen = reslab.train.build_model, []
+
+    def build(*args, **kwargs):
+        model = real(*args, **kwargs)
+        model.register_forward_pre_hook(
+            lambda m, args: seen.append((m.training and torch.is_grad_enabled(), args[0].shape[-1]))
+        )
+        return model
+
+    monkeypatch.setattr(reslab.train, "build_model", build)
+    return seen
+
+
+def test_progressive_resizing_trains_the_first_epochs_smaller_and_resumes_exactly(tmp_path, monkeypatch, tiny):
+    seen = record_input_sizes(monkeypatch)
+    small = dict(resize=12, progressive_resize=8, progressive_epochs=2)
+    straight = fit(tiny(tmp_path, epochs=3, name="straight", **small), data=tiny.data)
+    steps = [size for step, size in seen if step]
+    assert steps == [8] * 32 + [12] * 16
+    # evaluation, and the precise BatchNorm statistics it uses, at --resize
+    first_step = seen.index((True, 8))  # before it, the bf16 hazard probe sees both sizes
+    assert {size for step, size in seen[first_step:] if not step} == {12}
+    first = fit(tiny(tmp_path, epochs=3, name="split", max_steps=5, **small), data=tiny.data)
+    assert first.step == 5
+    fit(tiny(tmp_path, epochs=3, name="split", resume="auto", **small), data=tiny.data)
+    assert states_equal(read_checkpoint(straight.run_dir / "last.pt"), read_checkpoint(tmp_path / "split" / "last.pt"))
+    # the last epoch always trains at --resize: a 1-epoch run has no progressive epoch
+    seen.clear()
+    fit(tiny(tmp_path, epochs=1, name="one", **small), data=tiny.data)
+    assert {size for step, size in seen} == {12}

@@ -105,6 +105,16 @@ class TrainConfig:
         none="24 for Fashion-MNIST from scratch with the default recipe, else the images' own",
         help="train and evaluate at this square size",
     )
+    # progressive resizing (fast.ai's DAWNBench entries, 2018): early epochs learn coarse features as well from fewer
+    # pixels, which cost less per image; the last epoch trains at --resize, the size evaluation uses
+    progressive_resize: int | None = option(
+        None,
+        group="data",
+        none="16 for Fashion-MNIST from scratch with the default recipe and no --resize, else off",
+        help="train the first --progressive-epochs epochs at this square size, then at --resize (the last epoch "
+        "always at --resize; 0: off)",
+    )
+    progressive_epochs: int = option(1, group="data", help="epochs trained at --progressive-resize")
     crop_padding: int = option(0, group="data", help="random-crop padding in pixels (0 turns cropping off)")
     hflip: bool = option(False, group="data", help="random horizontal flips")
     hflip_mode: str = option(
@@ -251,6 +261,17 @@ def _validate(c: TrainConfig) -> None:
         ("val_every", is_int(c.val_every) and c.val_every >= 0, "0 (the last epoch only) or more epochs"),
         ("test_every", is_int(c.test_every) and c.test_every >= 0, "0 (the last epoch only) or more epochs"),
         ("resize", c.resize is None or (is_int(c.resize) and c.resize >= 8), "a size of at least 8 pixels"),
+        (
+            "progressive_resize",
+            c.progressive_resize is None
+            or (is_int(c.progressive_resize) and (c.progressive_resize == 0 or c.progressive_resize >= 8)),
+            "0 (off) or a size of at least 8 pixels",
+        ),
+        (
+            "progressive_epochs",
+            is_int(c.progressive_epochs) and c.progressive_epochs >= 1,
+            "a positive number of epochs",
+        ),
         ("in_chans", c.in_chans in (None, *IN_CHANS), "1 (grayscale) or 3 (RGB)"),
         (
             "image_size",
@@ -294,9 +315,11 @@ def _validate(c: TrainConfig) -> None:
         )
 
 
-# The default recipe trains Fashion-MNIST at 24x24: as accurate on the validation split as 28x28 and 1.3x faster
+# The default recipe trains Fashion-MNIST at 24x24: as accurate on the validation split as 28x28 and 1.3x faster;
+# and its first epoch at 16x16: 0.19 points lower on validation (92.10% over 6 seeds), 1.1x faster to 91.4% test
 # (docs/training.md, "The default recipe"). Other data, and pretrained weights, keep their own size.
 DEFAULT_RESIZE = {"fashion-mnist": 24}
+DEFAULT_PROGRESSIVE_RESIZE = {"fashion-mnist": 16}
 
 # Named recipes: defaults that flags override. "default" was chosen on the validation split (see README, Training);
 # "d2l" is the seeds' exact configuration (Dive into Deep Learning, ResNet chapter).
@@ -364,7 +387,9 @@ def make_config(recipe: str = "default", **overrides: Any) -> TrainConfig:
         raise ReslabError(f"--recipe: expected one of {', '.join(sorted(RECIPES))}, got {recipe!r}")
     values = {**recipes[recipe], **{k: v for k, v in overrides.items() if v is not None}}
     if recipe == "default" and values.get("resize") is None and not values.get("pretrained"):
-        values["resize"] = DEFAULT_RESIZE.get(values.get("dataset", TrainConfig.dataset))
+        dataset = values.get("dataset", TrainConfig.dataset)
+        values["resize"] = DEFAULT_RESIZE.get(dataset)
+        values.setdefault("progressive_resize", DEFAULT_PROGRESSIVE_RESIZE.get(dataset))
     return TrainConfig(**values)
 
 

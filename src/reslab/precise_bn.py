@@ -185,11 +185,11 @@ def precise_bn_for_run(
     num_images: int, net: nn.Module, train_loader, amp_dtype: torch.dtype | None, skip: Collection[str]
 ) -> PreciseBN | None:
     """fit's PreciseBN (--precise-bn N) for `net`, on images drawn as `train_loader` draws them, from a loader of its
-    own (a shallow copy: the same images and augmentation, its own epoch); None when off or `net` has no BatchNorm
-    layer to recompute."""
+    own (a shallow copy: the same images and augmentation, at the size evaluation uses, its own epoch); None when off
+    or `net` has no BatchNorm layer to recompute."""
     if not num_images:
         return None
-    precise = PreciseBN(net, copy.copy(train_loader), num_images, amp_dtype=amp_dtype, skip=skip)
+    precise = PreciseBN(net, train_loader.at_full_size(), num_images, amp_dtype=amp_dtype, skip=skip)
     return precise if precise.active else None
 
 

@@ -31,7 +31,15 @@ from torch import nn
 from reslab import distributed as D
 from reslab.checkpoint import EpochProgress, TrainState, model_from_checkpoint
 from reslab.config import TrainConfig
-from reslab.data import Dataset, folder_options, input_pipeline, load_dataset, make_loaders, make_splits
+from reslab.data import (
+    BatchLoader,
+    Dataset,
+    folder_options,
+    input_pipeline,
+    load_dataset,
+    make_loaders,
+    make_splits,
+)
 from reslab.device import amp_name, amp_warning, configure_device, resolve_amp, usable_threads
 from reslab.ema import EMA
 from reslab.errors import NonFiniteLossError, ReslabError
@@ -119,19 +127,21 @@ def fit(config: TrainConfig, *, data: Dataset | None = None, explicit: Collectio
         torch.set_num_threads(threads)  # --threads is for this run, not for the rest of the caller's process
 
 
-def _training_amp(
-    config: TrainConfig, device: torch.device, model: nn.Module, input_size: tuple[int, int, int], say
-) -> torch.dtype | None:
+def _training_amp(config: TrainConfig, device: torch.device, model: nn.Module, loader, say) -> torch.dtype | None:
     """The autocast dtype of training: resolve_amp's, but fp32 where bf16 would train this model wrongly on this CPU
-    (`--amp auto`, with a note) or a ReslabError (an explicit `--amp bf16`)."""
+    at a size `loader` (the training loader) yields (`--amp auto`, with a note) or a ReslabError (an explicit
+    `--amp bf16`)."""
     amp_dtype = resolve_amp(config.amp, device)
     if amp_dtype != torch.bfloat16 or device.type != "cpu":
         return amp_dtype
-    hazard = cpu_bf16_hazard(model, input_size)
+    sizes = dict.fromkeys([loader.input_size_at(0), loader.input_size])  # a --progressive-resize epoch's, the last's
+    hazard = next((h for size in sizes if (h := cpu_bf16_hazard(model, size)) is not None), None)
     if hazard is None:
         return amp_dtype
     if config.amp != "auto":
-        raise ReslabError(f"--amp {config.amp}: {hazard}; use --amp off, or a larger --resize or --image-size")
+        raise ReslabError(
+            f"--amp {config.amp}: {hazard}; use --amp off, or a larger --resize, --progressive-resize or --image-size"
+        )
     say(f"note: training in fp32, not bf16: {hazard}")
     return None
 
@@ -195,7 +205,7 @@ def setup_run(plan: RunPlan, dist_info: D.DistInfo, *, data: Dataset | None, t_s
         splits, config, mean=mean, std=std, crop_size=crop, device=device, rank=dist_info.rank, world_size=world
     )
     model, train_model, model_kwargs, frozen = _make_model(config, data, dist_info, say, weights)
-    amp_dtype = _training_amp(config, device, model, loaders["train"].input_size, say)
+    amp_dtype = _training_amp(config, device, model, loaders["train"], say)
     schedule = Schedule.for_run(config, steps_per_epoch=len(loaders["train"]), world_size=world)
     optimizer = build_optimizer(model, config, lr=schedule.peak_lr)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
@@ -209,10 +219,11 @@ def setup_run(plan: RunPlan, dist_info: D.DistInfo, *, data: Dataset | None, t_s
     }
     frozen_names = module_names(model, frozen)
     train = loaders["train"]  # its batch is smaller than --batch-size when the training split is
-    check_batch_statistics(model, train.input_size, train.batch_size, requested=config.batch_size, skip=frozen_names)
+    for size in dict.fromkeys([train.input_size_at(0), train.input_size]):  # a --progressive-resize epoch's, the last's
+        check_batch_statistics(model, size, train.batch_size, requested=config.batch_size, skip=frozen_names)
     ema = EMA(model, config.ema) if config.ema else None
     precise = precise_bn_for_run(config.precise_bn, ema.module if ema else model, train, amp_dtype, frozen_names)
-    data_line = f"{splits.sizes()} images at {input_size[1]}x{input_size[2]} ({data.source})"
+    data_line = f"{splits.sizes()} images at {input_size[1]}x{input_size[2]}{_progressive_text(train)} ({data.source})"
     run = RunInfo(config, plan.run_dir, dist_info, meta, amp_dtype, say, t_start, data_line)
     return RunState(
         run, model, train_model, optimizer, scaler, schedule, ema, loaders, frozen, precise=precise, splits=splits
@@ -268,7 +279,8 @@ def _announce(state: RunState) -> None:
     """The run's folder, data, model and optimiser, in four lines."""
     run, config, world = state.run, state.config, state.run.world_size
     n_params = sum(p.numel() for p in state.model.parameters())
-    threads = f" ({torch.get_num_threads()} threads)" if run.device.type == "cpu" else ""
+    n = torch.get_num_threads()
+    threads = f" ({n} thread{'s' * (n != 1)})" if run.device.type == "cpu" else ""
     run.say(f"run folder: {run.run_dir}")
     run.say(f"data: {run.data_line}")
     run.say(
@@ -405,6 +417,14 @@ def _check_ranks_agree(state: RunState) -> None:
     )
     if not same:
         raise RuntimeError("DDP ranks ended with different weights; please report this as a reslab bug")
+
+
+def _progressive_text(train: BatchLoader) -> str:
+    """ ", epochs 1-2 trained at 16x16" for a run with --progressive-resize, else ""."""
+    if train.input_size_at(0) == train.input_size:
+        return ""
+    n, (_, h, w) = train.progressive_epochs, train.input_size_at(0)
+    return f", epoch{f's 1-{n}' if n > 1 else ' 1'} trained at {h}x{w}"
 
 
 def _load_data(config: TrainConfig, dist_info: D.DistInfo, options: dict[str, Any]) -> Dataset:

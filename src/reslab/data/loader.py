@@ -8,6 +8,7 @@ exactly the batches an uninterrupted run would have, without saving any loader s
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -68,6 +69,8 @@ class LoaderSpec:
     hflip_mode: str = "random"
     random_erasing: float = 0.0
     resize: int | None = None
+    progressive_resize: int | None = None  # training: the size of the first `progressive_epochs` epochs
+    progressive_epochs: int = 0
     random_resized_crop: bool = False
     rrc_scale: tuple[float, float] = (0.08, 1.0)
     rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -104,8 +107,9 @@ class BatchLoader:
       the stored size), with `hflip`: ImageNet training.
     Otherwise (the padded crop, no augmentation, and always with train=False) `crop_size` takes the centre crop:
     Resize(256) + CenterCrop(224) for images stored at 256. Then normalisation with the dataset's per-channel `mean`
-    and `std` (default Fashion-MNIST's), then `resize`, then (training) `random_erasing`: the probability that an
-    image gets one random box set to the mean (torchvision's RandomErasing). `hflip_mode="alternate"` flips each
+    and `std` (default Fashion-MNIST's), then `resize` (training: `progressive_resize` in the first
+    `progressive_epochs` epochs), then (training) `random_erasing`: the probability that an image gets one random box
+    set to the mean (torchvision's RandomErasing). `hflip_mode="alternate"` flips each
     image at random (fixed by `seed`) in epoch 0 and then in every other epoch (airbench); "random": p=0.5 each time.
 
     train=False: no shuffle, no augmentation, nothing dropped: rank r gets the r-th contiguous shard, and the shards
@@ -159,6 +163,8 @@ class BatchLoader:
             self.num_workers = images.num_workers if spec.num_workers is None else spec.num_workers
         self.train, self.seed, self.rank, self.world_size = spec.train, spec.seed, rank, world_size
         self.crop_padding, self.hflip, self.resize = spec.crop_padding, spec.hflip, spec.resize
+        self.progressive_resize = spec.progressive_resize if spec.train and spec.progressive_epochs else None
+        self.progressive_epochs = spec.progressive_epochs
         self.channels_last, self.crop_size, self.random_erasing = (
             spec.channels_last,
             spec.crop_size,
@@ -197,13 +203,28 @@ class BatchLoader:
 
     @property
     def input_size(self) -> tuple[int, int, int]:
-        """(C, H, W) of the batches this loader yields."""
+        """(C, H, W) of the batches this loader yields (a training loader: after its progressive epochs)."""
+        return self.input_size_at(self.progressive_epochs if self.progressive_resize else 0)
+
+    def input_size_at(self, epoch: int) -> tuple[int, int, int]:
+        """(C, H, W) of the batches of epoch `epoch`."""
         shape = self.images.shape
         c = 1 if len(shape) == 3 else shape[1]
         h, w = shape[-2:]
         if self.crop_size is not None:
             h = w = self.crop_size
-        return (c, h, w) if self.resize is None else (c, self.resize, self.resize)
+        size = self._resize_at(epoch)
+        return (c, h, w) if size is None else (c, size, size)
+
+    def _resize_at(self, epoch: int) -> int | None:
+        return self.progressive_resize if self.progressive_resize and epoch < self.progressive_epochs else self.resize
+
+    def at_full_size(self) -> BatchLoader:
+        """A shallow copy (its own epoch) whose every epoch is at `resize`: the images of training at the size
+        evaluation uses (precise BatchNorm statistics)."""
+        full = copy.copy(self)
+        full.progressive_resize = None
+        return full
 
     def _indices(self) -> torch.Tensor:
         """This rank's items for the current epoch, in order, on the device."""
@@ -249,6 +270,7 @@ class BatchLoader:
         rrc = self.train and self.random_resized_crop
         augment = self.train and (self.crop_padding > 0 or self.hflip)
         random_flips = self.hflip and self._base_flips is None
+        size = self._resize_at(self.epoch)
         for s, idx, x, y in self._uint8_batches(indices, step):  # x: (B, [C,] H, W) uint8
             if rrc:
                 g = torch.Generator().manual_seed(_seed("augment", self.seed, self.epoch, s, self.rank))
@@ -259,7 +281,7 @@ class BatchLoader:
                 if self._base_flips is not None:
                     flip = alternating_flips(self._base_flips[idx], self.epoch)
                 x = resized_crop(x, *box, flip, size=self.crop_size or h)  # float (B, C, S, S) in [0, 255]
-                x = resize(standardize(x, self.mean, self.std), self.resize)
+                x = resize(standardize(x, self.mean, self.std), size)
                 x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
                 yield self._erase(x, s), y
                 continue
@@ -271,7 +293,7 @@ class BatchLoader:
                 x = crop_flip(x, top, left, flip, padding=self.crop_padding)
             x = prepare_batch(
                 x,
-                resize_to=self.resize,
+                resize_to=size,
                 channels_last=self.channels_last,
                 mean=self.mean,
                 std=self.std,

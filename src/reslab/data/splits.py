@@ -100,6 +100,8 @@ def make_loaders(
         random_resized_crop=config.random_resized_crop,
         hflip_mode=config.hflip_mode,
         random_erasing=config.random_erasing,
+        progressive_resize=config.progressive_resize,
+        progressive_epochs=min(config.progressive_epochs, config.epochs - 1),  # the last epoch at the size evaluated
         **common,
     )
     loaders = {"train": BatchLoader(*splits.train, train, **where)}
