@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,15 +127,15 @@ def fit(config: TrainConfig, *, data: Dataset | None = None, explicit: Collectio
         torch.set_num_threads(threads)  # --threads is for this run, not for the rest of the caller's process
 
 
-def _training_amp(config: TrainConfig, device: torch.device, model: nn.Module, loader, say) -> torch.dtype | None:
+def _training_amp(
+    config: TrainConfig, device: torch.device, model: nn.Module, input_sizes: Sequence[tuple[int, int, int]], say
+) -> torch.dtype | None:
     """The autocast dtype of training: resolve_amp's, but fp32 where bf16 would train this model wrongly on this CPU
-    at a size `loader` (the training loader) yields (`--amp auto`, with a note) or a ReslabError (an explicit
-    `--amp bf16`)."""
+    at one of `input_sizes` (`--amp auto`, with a note) or a ReslabError (an explicit `--amp bf16`)."""
     amp_dtype = resolve_amp(config.amp, device)
     if amp_dtype != torch.bfloat16 or device.type != "cpu":
         return amp_dtype
-    sizes = dict.fromkeys([loader.input_size_at(0), loader.input_size])  # a --progressive-resize epoch's, the last's
-    hazard = next((h for size in sizes if (h := cpu_bf16_hazard(model, size)) is not None), None)
+    hazard = next((h for size in input_sizes if (h := cpu_bf16_hazard(model, size)) is not None), None)
     if hazard is None:
         return amp_dtype
     if config.amp != "auto":
@@ -205,7 +205,7 @@ def setup_run(plan: RunPlan, dist_info: D.DistInfo, *, data: Dataset | None, t_s
         splits, config, mean=mean, std=std, crop_size=crop, device=device, rank=dist_info.rank, world_size=world
     )
     model, train_model, model_kwargs, frozen = _make_model(config, data, dist_info, say, weights)
-    amp_dtype = _training_amp(config, device, model, loaders["train"], say)
+    amp_dtype = _training_amp(config, device, model, loaders["train"].input_sizes, say)
     schedule = Schedule.for_run(config, steps_per_epoch=len(loaders["train"]), world_size=world)
     optimizer = build_optimizer(model, config, lr=schedule.peak_lr)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
@@ -219,7 +219,7 @@ def setup_run(plan: RunPlan, dist_info: D.DistInfo, *, data: Dataset | None, t_s
     }
     frozen_names = module_names(model, frozen)
     train = loaders["train"]  # its batch is smaller than --batch-size when the training split is
-    for size in dict.fromkeys([train.input_size_at(0), train.input_size]):  # a --progressive-resize epoch's, the last's
+    for size in train.input_sizes:
         check_batch_statistics(model, size, train.batch_size, requested=config.batch_size, skip=frozen_names)
     ema = EMA(model, config.ema) if config.ema else None
     precise = precise_bn_for_run(config.precise_bn, ema.module if ema else model, train, amp_dtype, frozen_names)
@@ -420,7 +420,7 @@ def _check_ranks_agree(state: RunState) -> None:
 
 
 def _progressive_text(train: BatchLoader) -> str:
-    """ ", epochs 1-2 trained at 16x16" for a run with --progressive-resize, else ""."""
+    """The data line's note of --progressive-resize (", epochs 1-2 trained at 16x16"), or "" without it."""
     if train.input_size_at(0) == train.input_size:
         return ""
     n, (_, h, w) = train.progressive_epochs, train.input_size_at(0)

@@ -109,8 +109,8 @@ class BatchLoader:
     Resize(256) + CenterCrop(224) for images stored at 256. Then normalisation with the dataset's per-channel `mean`
     and `std` (default Fashion-MNIST's), then `resize` (training: `progressive_resize` in the first
     `progressive_epochs` epochs), then (training) `random_erasing`: the probability that an image gets one random box
-    set to the mean (torchvision's RandomErasing). `hflip_mode="alternate"` flips each
-    image at random (fixed by `seed`) in epoch 0 and then in every other epoch (airbench); "random": p=0.5 each time.
+    set to the mean (torchvision's RandomErasing). `hflip_mode="alternate"` flips each image at random (fixed by
+    `seed`) in epoch 0 and then in every other epoch (airbench); "random": p=0.5 each time.
 
     train=False: no shuffle, no augmentation, nothing dropped: rank r gets the r-th contiguous shard, and the shards
     partition the set exactly, so correct/total summed over ranks equals a single-process evaluation. Ranks may
@@ -215,6 +215,11 @@ class BatchLoader:
             h = w = self.crop_size
         size = self._resize_at(epoch)
         return (c, h, w) if size is None else (c, size, size)
+
+    @property
+    def input_sizes(self) -> tuple[tuple[int, int, int], ...]:
+        """Every (C, H, W) this loader yields: with `progressive_resize`, its first epochs' and then the rest's."""
+        return tuple(dict.fromkeys([self.input_size_at(0), self.input_size]))
 
     def _resize_at(self, epoch: int) -> int | None:
         return self.progressive_resize if self.progressive_resize and epoch < self.progressive_epochs else self.resize
