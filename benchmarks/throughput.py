@@ -14,7 +14,8 @@ two forwards), times images/s; bf16 modes are compared with the bf16 peak, fp32 
     .venv/bin/python benchmarks/throughput.py --markdown roofline.json          # its table for the docs
 
 A model is NAME@SIZE, NAME@CxSIZE or either with :BATCH (resnet50@3x224:16). Without C, the CIFAR and d2l networks
-get 1 channel (reslab trains them on Fashion-MNIST) and the ImageNet ones the registry's 3.
+get 1 channel (reslab trains them on Fashion-MNIST) and the ImageNet ones the registry's 3. NAME/W1-W2-W3 gives the
+stages other widths (`planes`): resnet8/32-64-128@24 is ResNet-8 twice as wide.
 """
 
 from __future__ import annotations
@@ -47,13 +48,17 @@ TRAIN_PASSES = 3  # forward + backward (the backward computes gradients of input
 
 
 def parse_model(spec: str, default_batch: int) -> dict:
-    """'resnet50@3x224:16' -> {"model", "input_size": [C, H, W], "batch", "num_classes"}; ValueError if malformed."""
+    """'resnet50@3x224:16' -> {"model", "input_size": [C, H, W], "batch", "num_classes", "widths"}
+    ('resnet8/32-64-128@24': widths [32, 64, 128], else None); ValueError if malformed."""
     from reslab.models import model_entry
 
-    m = re.fullmatch(r"([\w.-]+)@(?:(\d+)x)?(\d+)(?::(\d+))?", spec.strip())
+    m = re.fullmatch(r"([\w.-]+?)(?:/(\d+(?:-\d+)*))?@(?:(\d+)x)?(\d+)(?::(\d+))?", spec.strip())
     if not m:
-        raise ValueError(f"expected NAME@SIZE, NAME@CxSIZE, optionally :BATCH (e.g. resnet50@3x224:16), got {spec!r}")
-    name, chans, size, batch = m.groups()
+        raise ValueError(
+            f"expected NAME@SIZE, NAME@CxSIZE, optionally /WIDTHS after NAME and :BATCH (e.g. resnet50@3x224:16, "
+            f"resnet8/32-64-128@24), got {spec!r}"
+        )
+    name, widths, chans, size, batch = m.groups()
     entry = model_entry(name)  # a ReslabError naming the nearest names
     in_chans = int(chans) if chans else (1 if entry.family in ("cifar", "d2l") else entry.default_in_chans)
     return {
@@ -61,7 +66,17 @@ def parse_model(spec: str, default_batch: int) -> dict:
         "input_size": [in_chans, int(size), int(size)],
         "batch": int(batch) if batch else default_batch,
         "num_classes": entry.default_num_classes,
+        "widths": [int(w) for w in widths.split("-")] if widths else None,
     }
+
+
+def label(m: dict) -> str:
+    """The model's name in the tables: NAME, or NAME/W1-W2-W3 with other widths."""
+    return m["model"] + ("/" + "-".join(map(str, m["widths"])) if m.get("widths") else "")
+
+
+def model_kwargs(m: dict) -> dict:
+    return {"widths": m["widths"]} if m.get("widths") else {}
 
 
 def _sync(dev) -> None:
@@ -99,7 +114,8 @@ def measure(spec: dict, mode: str, *, steps: int, min_time: float, device: str) 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     batch, (c, h, w) = spec["batch"], spec["input_size"]
     torch.manual_seed(0)
-    model = build_model(spec["model"], in_chans=c, num_classes=spec["num_classes"]).to(dev, memory_format=fmt)
+    model = build_model(spec["model"], in_chans=c, num_classes=spec["num_classes"], **model_kwargs(spec))
+    model = model.to(dev, memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, c, h, w, device=dev).contiguous(memory_format=fmt)
     y = torch.randint(0, spec["num_classes"], (batch,), device=dev)
@@ -172,7 +188,7 @@ def format_ratios(m: dict, *, steps: int, min_time: float, device: str) -> str:
     base = m["modes"][0]
     timed = f"{steps} timed steps" + (f" and at least {min_time:g} s" if min_time else "")
     lines = [
-        f"model: {m['model']} at {'x'.join(map(str, m['input_size']))}, batch {m['batch']}, {timed} per mode, "
+        f"model: {label(m)} at {'x'.join(map(str, m['input_size']))}, batch {m['batch']}, {timed} per mode, "
         f"device {device}; ratios against {base['mode']}",
         f"{'mode':<20} {'train img/s':>12} {'ratio':>6} {'infer img/s':>12} {'ratio':>6} {'peak MB':>8} {'ratio':>6}",
     ]
@@ -202,7 +218,7 @@ def format_roofline(models: list[dict], peak: dict, gemm_size: int) -> str:
     for m in models:
         for r in m["modes"]:
             lines.append(
-                f"{m['model']:<14} {'x'.join(map(str, m['input_size'])):>9} {m['batch']:>5} "
+                f"{label(m):<14} {'x'.join(map(str, m['input_size'])):>9} {m['batch']:>5} "
                 f"{m['macs_per_image']:>13,} {r['mode']:<20} {r['train_img_s']:>11.1f} {r['train_gflop_s']:>8.1f} "
                 f"{100 * r['train_fraction_of_peak']:>6.1f} {r['infer_img_s']:>11.1f} {r['infer_gflop_s']:>8.1f} "
                 f"{100 * r['infer_fraction_of_peak']:>6.1f}"
@@ -226,7 +242,7 @@ def format_markdown(doc: dict) -> str:
     for m in doc["models"]:
         for r in m["modes"]:
             lines.append(
-                f"| {m['model']} | {'x'.join(map(str, m['input_size']))} | {m['batch']} | "
+                f"| {label(m)} | {'x'.join(map(str, m['input_size']))} | {m['batch']} | "
                 f"{m['macs_per_image'] / 1e9:.4f} | {r['mode']} | {r['train_img_s']:,.1f} | {r['train_gflop_s']:.1f} | "
                 f"{100 * r['train_fraction_of_peak']:.1f} | {r['infer_img_s']:,.1f} | {r['infer_gflop_s']:.1f} | "
                 f"{100 * r['infer_fraction_of_peak']:.1f} |"
@@ -347,9 +363,13 @@ def main() -> None:
         models = [parse_model(s, args.batch) for s in specs.split(",")]
         for m in models:
             m["macs_per_image"] = model_macs(
-                m["model"], tuple(m["input_size"]), num_classes=m["num_classes"], in_chans=m["input_size"][0]
+                m["model"],
+                tuple(m["input_size"]),
+                num_classes=m["num_classes"],
+                in_chans=m["input_size"][0],
+                **model_kwargs(m),
             )
-    except (ValueError, ReslabError) as e:
+    except (ValueError, TypeError, ReslabError) as e:  # TypeError: widths for a network that takes none
         p.error(f"--models: {e}")
 
     print(f"machine: {machine_line()}", flush=True)
@@ -357,7 +377,7 @@ def main() -> None:
     size = ["--gemm-size", str(args.gemm_size)]
     before = _child(args, "--peak", ",".join(precisions), *size)
     for m in models:
-        spec = {k: m[k] for k in ("model", "input_size", "batch", "num_classes")}
+        spec = {k: m[k] for k in ("model", "input_size", "batch", "num_classes", "widths")}
         m["modes"] = []
         for mode in modes:
             timing = ["--steps", str(args.steps), "--min-time", str(args.min_time)]

@@ -126,6 +126,28 @@ def test_throughput_roofline_preset_is_the_issues_list_at_the_inputs_the_models_
     ]
 
 
+def test_throughput_models_take_other_widths():
+    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
+    throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(throughput)
+    wide = throughput.parse_model("resnet8/32-64-128@24:64", 128)
+    assert (wide["model"], wide["input_size"], wide["batch"], wide["widths"]) == (
+        "resnet8",
+        [1, 24, 24],
+        64,
+        [32, 64, 128],
+    )
+    assert throughput.label(wide) == "resnet8/32-64-128" and throughput.parse_model("resnet8@24", 128)["widths"] is None
+    out = subprocess.run(
+        [sys.executable, "benchmarks/throughput.py", "--models", "d2l_resnet18/8-16@96"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "--models: " in out.stderr.splitlines()[-1]
+
+
 def test_throughput_bad_model_is_one_clear_line():
     out = subprocess.run(
         [sys.executable, "benchmarks/throughput.py", "--models", "resnet20@28,resnet21@28"],
