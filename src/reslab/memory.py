@@ -16,6 +16,7 @@ at all. The estimate is a lower bound, so only what cannot fit is refused:
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from torch import nn
 from reslab.config import TrainConfig
 from reslab.errors import ReslabError
 from reslab.models import build_model
+from reslab.models.probe import output_shapes
 
 NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "imagefolder": 32}  # the others: 28x28
 RGB = ("cifar10", "cifar100", "imagefolder")
@@ -55,30 +57,16 @@ def available_memory(device: torch.device) -> int | None:
 
 def activation_bytes(model: nn.Module, input_size: tuple[int, int, int], batch: int, *, itemsize: int) -> int:
     """Bytes of the conv/BN/linear outputs of one forward pass of `batch` images: what backward keeps. `model` is
-    on the meta device (no weights); each output is counted for one image, times `batch`."""
-    per_image = 0
-
-    def count(module, args, output):
-        nonlocal per_image
-        if isinstance(output, torch.Tensor):
-            per_image += output[0].numel() * itemsize
-
-    c, h, w = input_size
-    device = "cpu" if h * w <= SMALL_INPUT else "meta"
-    if device == "cpu":
-        model = model.to_empty(device="cpu").eval()  # eval: a batch of one is a valid BatchNorm input
+    on the meta device (no weights); each output is measured for one image, times `batch`."""
+    _, h, w = input_size
+    if h * w <= SMALL_INPUT:
+        model = model.to_empty(device="cpu")
         with torch.no_grad():
             for t in [*model.parameters(), *model.buffers()]:
                 t.zero_()  # uninitialised memory may hold denormals or NaNs, which are slow to compute with
-    layers = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
-    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, layers)]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, c, h, w, device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return per_image * batch
+    layers = [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
+    shapes = output_shapes(model, input_size, layers)
+    return sum(math.prod(shape[1:]) for shape in shapes.values()) * itemsize * batch
 
 
 def training_estimate(config: TrainConfig) -> tuple[int, list[str], str]:

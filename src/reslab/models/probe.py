@@ -1,6 +1,7 @@
-"""What one image meets inside a model, from one forward pass in eval mode: the input shape of named layers, and
-what that says before training starts (reslab.precise_bn: a BatchNorm layer left with one value per channel; here:
-a convolution that torch's bf16 CPU kernels get wrong)."""
+"""What one image meets inside a model, from one forward pass in eval mode: the input or output shape of named
+layers, and what that says before training starts (reslab.precise_bn: a BatchNorm layer left with one value per
+channel; reslab.memory: the activations a batch keeps; here: a convolution that torch's bf16 CPU kernels get
+wrong)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,29 @@ import torch
 from torch import nn
 
 
-@torch.no_grad()
 def input_shapes(model: nn.Module, input_size: tuple[int, int, int], names: Collection[str]) -> dict[str, torch.Size]:
     """{name: the shape of its input} for the modules of `model` named in `names`, on one forward pass of one image
     of zeros of `input_size` (C, H, W), in eval mode (the mode is restored; nothing else changes)."""
+    return _shapes(model, input_size, names, outputs=False)
+
+
+def output_shapes(model: nn.Module, input_size: tuple[int, int, int], names: Collection[str]) -> dict[str, torch.Size]:
+    """{name: the shape of its output}, as input_shapes."""
+    return _shapes(model, input_size, names, outputs=True)
+
+
+@torch.no_grad()
+def _shapes(model: nn.Module, input_size: tuple[int, int, int], names: Collection[str], *, outputs: bool):
     shapes: dict[str, torch.Size] = {}
 
     def recorder(name: str):
-        def record(module, args) -> None:
-            shapes[name] = args[0].shape
+        def record(module, args, output=None) -> None:
+            shapes[name] = (output if outputs else args[0]).shape
 
         return record
 
-    hooks = [m.register_forward_pre_hook(recorder(name)) for name, m in model.named_modules() if name in names]
+    register = "register_forward_hook" if outputs else "register_forward_pre_hook"
+    hooks = [getattr(m, register)(recorder(name)) for name, m in model.named_modules() if name in names]
     if not hooks:
         return shapes
     was_training = model.training
