@@ -112,10 +112,16 @@ def test_throughput_ratios_and_roofline_are_consistent_with_the_images_per_secon
         assert float(row[7]) == pytest.approx(100 * r["train_fraction_of_peak"], abs=0.05)
 
 
-def test_throughput_roofline_preset_is_the_issues_list_at_the_inputs_the_models_expect():
+def load_throughput():
+    """benchmarks/throughput.py as a module (benchmarks/ is not a package)."""
     spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
     throughput = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(throughput)
+    return throughput
+
+
+def test_throughput_roofline_preset_is_the_issues_list_at_the_inputs_the_models_expect():
+    throughput = load_throughput()
     models = [throughput.parse_model(s, 128) for s in throughput.ROOFLINE.split(",")]
     assert [(m["model"], m["input_size"], m["batch"], m["num_classes"]) for m in models] == [
         ("resnet8", [1, 28, 28], 128, 10),  # the default recipe's, on Fashion-MNIST
@@ -127,9 +133,7 @@ def test_throughput_roofline_preset_is_the_issues_list_at_the_inputs_the_models_
 
 
 def test_throughput_models_take_other_widths():
-    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
-    throughput = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(throughput)
+    throughput = load_throughput()
     wide = throughput.parse_model("resnet8/32-64-128@24:64", 128)
     assert (wide["model"], wide["input_size"], wide["batch"], wide["widths"]) == (
         "resnet8",
@@ -138,26 +142,25 @@ def test_throughput_models_take_other_widths():
         [32, 64, 128],
     )
     assert throughput.label(wide) == "resnet8/32-64-128" and throughput.parse_model("resnet8@24", 128)["widths"] is None
-    out = subprocess.run(
-        [sys.executable, "benchmarks/throughput.py", "--models", "d2l_resnet18/8-16@96"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 2 and "Traceback" not in out.stderr and "--models: " in out.stderr.splitlines()[-1]
 
 
-def test_throughput_bad_model_is_one_clear_line():
+@pytest.mark.parametrize(
+    "models, message",
+    [
+        ("resnet20@28,resnet21@28", "--models: unknown model 'resnet21'; did you mean"),
+        ("d2l_resnet18/8-16@96", "--models: d2l_resnet18 does not take 'widths'"),
+    ],
+)
+def test_throughput_bad_model_is_one_clear_line(models, message):
     out = subprocess.run(
-        [sys.executable, "benchmarks/throughput.py", "--models", "resnet20@28,resnet21@28"],
+        [sys.executable, "benchmarks/throughput.py", "--models", models],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "--models: unknown model 'resnet21'; did you mean" in out.stderr.splitlines()[-1]
+    assert message in out.stderr.splitlines()[-1]
 
 
 def test_inference_smoke_reports_every_path_with_its_difference_from_eager_fp32(tmp_path):
