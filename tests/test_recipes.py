@@ -211,6 +211,7 @@ def test_the_default_recipe_trains_its_first_epoch_at_16_px_only_at_its_own_24()
     assert make_config().progressive_resize == 16 and make_config().progressive_epochs == 1
     assert make_config(progressive_resize=0).progressive_resize == 0  # the flag turns it off
     assert make_config(resize=28).progressive_resize is None  # chosen for 24x24, not for the size asked
+    assert make_config(model="resnet18").progressive_resize is None  # nor for another network (bf16 at 1x1 maps)
     assert make_config(dataset="cifar10").progressive_resize is None
     assert make_config(pretrained="resnet18.tv_in1k").progressive_resize is None
     assert make_config("best").progressive_resize is None and make_config("d2l").progressive_resize is None

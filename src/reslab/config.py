@@ -110,7 +110,7 @@ class TrainConfig:
     progressive_resize: int | None = option(
         None,
         group="data",
-        none="16 for Fashion-MNIST from scratch with the default recipe and no --resize, else off",
+        none="16 for Fashion-MNIST from scratch with the default recipe's ResNet-8 and no --resize, else off",
         help="train the first --progressive-epochs epochs at this square size, then at --resize (the last epoch "
         "always at --resize; 0: off)",
     )
@@ -389,7 +389,10 @@ def make_config(recipe: str = "default", **overrides: Any) -> TrainConfig:
     if recipe == "default" and values.get("resize") is None and not values.get("pretrained"):
         dataset = values.get("dataset", TrainConfig.dataset)
         values["resize"] = DEFAULT_RESIZE.get(dataset)
-        values.setdefault("progressive_resize", DEFAULT_PROGRESSIVE_RESIZE.get(dataset))
+        # the 16x16 epoch was chosen for the recipe's ResNet-8; at 16x16 an ImageNet-style network's last stage
+        # sees 1x1 maps, where bf16 is refused (models.probe) and the whole run would train in fp32
+        if values.get("model", TrainConfig.model) == TrainConfig.model:
+            values.setdefault("progressive_resize", DEFAULT_PROGRESSIVE_RESIZE.get(dataset))
     return TrainConfig(**values)
 
 
