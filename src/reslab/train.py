@@ -421,7 +421,7 @@ def _check_ranks_agree(state: RunState) -> None:
 
 def _progressive_text(train: BatchLoader) -> str:
     """The data line's note of --progressive-resize (", epochs 1-2 trained at 16x16"), or "" without it."""
-    if train.input_size_at(0) == train.input_size:
+    if len(train.input_sizes) == 1:
         return ""
     n, (_, h, w) = train.progressive_epochs, train.input_size_at(0)
     return f", epoch{f's 1-{n}' if n > 1 else ' 1'} trained at {h}x{w}"

@@ -204,7 +204,7 @@ class BatchLoader:
     @property
     def input_size(self) -> tuple[int, int, int]:
         """(C, H, W) of the batches this loader yields (a training loader: after its progressive epochs)."""
-        return self.input_size_at(self.progressive_epochs if self.progressive_resize else 0)
+        return self.input_size_at(self.progressive_epochs)  # without progressive epochs: every epoch's
 
     def input_size_at(self, epoch: int) -> tuple[int, int, int]:
         """(C, H, W) of the batches of epoch `epoch`."""
