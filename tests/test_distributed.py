@@ -136,8 +136,9 @@ def test_precise_statistics_are_the_average_over_the_batches_of_both_ranks(resta
     def close_to_the_checkpoint(batches) -> bool:
         net = copy.deepcopy(model)
         update_bn_stats(net, batches, num_batches=16, amp_dtype=resolve_amp(config.amp, torch.device("cpu")))
-        # bf16 autocast, another thread count and summation order: equal to about 1e-4
-        return all(torch.allclose(ckpt["model"][k], net.state_dict()[k], rtol=1e-2, atol=1e-4) for k in stats)
+        # bf16 autocast, another thread count and summation order: equal to about 2e-3 (means near 0 set the
+        # tolerance); rank 0's shard alone is 0.07 and more away
+        return all(torch.allclose(ckpt["model"][k], net.state_dict()[k], rtol=1e-2, atol=5e-3) for k in stats)
 
     assert close_to_the_checkpoint(batches)
     assert not close_to_the_checkpoint(batches[:8])  # rank 0's shard alone is another average

@@ -23,6 +23,7 @@ from reslab.models import (
     list_models,
     model_entry,
 )
+from reslab.models.whiten import whiten_stem
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -830,3 +831,31 @@ def test_fuse_batchnorm_folds_each_bn_into_its_conv_and_computes_the_same(name, 
         expected, got = model(x), fused(x)
     assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the original is untouched
+
+
+def smooth_images(n: int, size: int = 16) -> torch.Tensor:
+    """Noise averaged over 3x3 neighbourhoods: images whose neighbouring pixels are correlated, as a photo's are."""
+    g = torch.Generator().manual_seed(0)
+    return F.avg_pool2d(torch.randn(n, 1, size + 2, size + 2, generator=g), 3, stride=1)
+
+
+def test_a_whitened_stem_decorrelates_the_patches_and_pairs_each_filter_with_its_negative():
+    x = smooth_images(64)
+    model = build_model("resnet8", in_chans=1, num_classes=10)
+    used = whiten_stem(model, [x[:32], x[32:]])
+    conv = model.conv1
+    assert used == 64 * 14 * 14 and not conv.weight.requires_grad
+    w = conv.weight.flatten(1).double()
+    assert torch.equal(w[8:], -w[:8])
+    patches = x.unfold(2, 3, 1).unfold(3, 3, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 9).double()
+    top = torch.linalg.eigvalsh(patches.T @ patches / len(patches)).flip(0)[:8]
+    out = patches @ w[:8].T  # the first 8 filters' responses: uncorrelated, each of variance top/(top + eps)
+    torch.testing.assert_close(out.T @ out / len(out), torch.diag(top / (top + 5e-4)), atol=2e-5, rtol=1e-4)
+    # at most 5,000 images (airbench's): the second batch is not read
+    assert whiten_stem(model, [smooth_images(6000, 4), x]) == 5000 * 2 * 2
+
+
+@pytest.mark.parametrize("filters", [15, 20])
+def test_a_stem_that_cannot_be_whitened_is_refused_with_the_flag_and_what_it_has(filters):
+    with pytest.raises(ReslabError, match=rf"--whiten-stem: .* at most twice its 9 patch values.* has {filters}"):
+        whiten_stem(nn.Sequential(nn.Conv2d(1, filters, 3)), [smooth_images(4)])

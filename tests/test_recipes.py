@@ -174,6 +174,7 @@ def test_fit_evaluates_with_its_tta(tmp_path, tiny):
         (dict(hflip_mode="sometimes"), "--hflip-mode"),
         (dict(tta="rotate"), "--tta"),
         (dict(test_every=-1), "--test-every"),
+        (dict(whiten_stem=True, pretrained="resnet18.tv_in1k"), "--whiten-stem and --pretrained"),
         (dict(bn_bias_lr=0.0), "--bn-bias-lr"),
     ],
 )
@@ -215,3 +216,11 @@ def test_the_default_recipe_trains_its_first_epoch_at_16_px_only_at_its_own_24()
     assert make_config(dataset="cifar10").progressive_resize is None
     assert make_config(pretrained="resnet18.tv_in1k").progressive_resize is None
     assert make_config("best").progressive_resize is None and make_config("d2l").progressive_resize is None
+
+
+def test_the_default_recipe_whitens_the_stem_of_its_own_network_on_its_own_data_only():
+    assert make_config().whiten_stem is True and make_config(whiten_stem=False).whiten_stem is False
+    others = dict(model="resnet18"), dict(dataset="cifar10"), dict(resize=28), dict(pretrained="resnet18.tv_in1k")
+    for other in others:
+        assert not make_config(**other).whiten_stem, other
+    assert not make_config("best").whiten_stem and not make_config("d2l").whiten_stem

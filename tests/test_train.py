@@ -433,3 +433,23 @@ def test_progressive_resizing_trains_the_first_epochs_smaller_and_resumes_exactl
     seen.clear()
     fit(tiny(tmp_path, epochs=1, name="one", **small), data=tiny.data)
     assert {size for step, size in seen} == {12}
+
+
+def test_a_whitened_stem_is_set_before_training_stays_frozen_and_resumes_exactly(tmp_path, monkeypatch, tiny):
+    real, set_to = reslab.train.whiten_stem, []
+
+    def whiten(model, batches):
+        used = real(model, batches)
+        set_to.append(model.conv1.weight.detach().clone())
+        return used
+
+    monkeypatch.setattr(reslab.train, "whiten_stem", whiten)
+    straight = fit(tiny(tmp_path, epochs=2, name="straight", whiten_stem=True), data=tiny.data)
+    trained, start = read_checkpoint(straight.run_dir / "last.pt")["model"], set_to[0]
+    assert torch.equal(start[4:], -start[:4])  # whitened: each of the 8 filters paired with its negative
+    assert torch.equal(trained["conv1.weight"], start)  # and never trained
+    fit(tiny(tmp_path, epochs=2, name="split", max_steps=20, whiten_stem=True), data=tiny.data)
+    fit(tiny(tmp_path, epochs=2, name="split", resume="auto", whiten_stem=True), data=tiny.data)
+    assert states_equal(read_checkpoint(straight.run_dir / "last.pt"), read_checkpoint(tmp_path / "split" / "last.pt"))
+    with pytest.raises(ReslabError, match="--whiten-stem"):  # what the checkpoint means cannot change on resume
+        fit(tiny(tmp_path, epochs=3, name="split", resume="auto"), data=tiny.data)

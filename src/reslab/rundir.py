@@ -184,6 +184,7 @@ FIXED_ON_RESUME = (
     "model",
     "model_kwargs",
     "zero_init_residual",
+    "whiten_stem",  # a frozen weight has no optimiser state
     "pretrained",
     "freeze",
     "dataset",

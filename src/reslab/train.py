@@ -49,6 +49,7 @@ from reslab.loop import EpochResult, StopRequest, train_one_epoch
 from reslab.memory import check_training_memory
 from reslab.models import build_model
 from reslab.models.probe import cpu_bf16_hazard
+from reslab.models.whiten import first_conv, whiten_stem
 from reslab.optim import Schedule, build_optimizer
 from reslab.precise_bn import check_batch_statistics, module_names, precise_bn_for_run
 from reslab.report import RunWatch
@@ -204,7 +205,7 @@ def setup_run(plan: RunPlan, dist_info: D.DistInfo, *, data: Dataset | None, t_s
     loaders = make_loaders(
         splits, config, mean=mean, std=std, crop_size=crop, device=device, rank=dist_info.rank, world_size=world
     )
-    model, train_model, model_kwargs, frozen = _make_model(config, data, dist_info, say, weights)
+    model, train_model, model_kwargs, frozen = _make_model(config, data, dist_info, say, weights, loaders["train"])
     amp_dtype = _training_amp(config, device, model, loaders["train"].input_sizes, say)
     schedule = Schedule.for_run(config, steps_per_epoch=len(loaders["train"]), world_size=world)
     optimizer = build_optimizer(model, config, lr=schedule.peak_lr)
@@ -276,7 +277,8 @@ def resume(state: RunState, ckpt: dict[str, Any]) -> None:
 
 
 def _announce(state: RunState) -> None:
-    """The run's folder, data, model and optimiser, in four lines."""
+    """The run's folder, data, model and optimiser, in four lines (and the stem and BatchNorm statistics where
+    they are not the usual ones)."""
     run, config, world = state.run, state.config, state.run.world_size
     n_params = sum(p.numel() for p in state.model.parameters())
     n = torch.get_num_threads()
@@ -293,6 +295,9 @@ def _announce(state: RunState) -> None:
         f"{config.batch_size}{f' x {world}' if world > 1 else ''}, {state.steps_per_epoch} steps per epoch, "
         f"{config.epochs} epochs"
     )
+    if config.whiten_stem:
+        stem = module_names(state.model, [first_conv(state.model)])[0]
+        run.say(f"stem: {stem} whitens the training images' patches (airbench's first layer), frozen")
     if state.precise is not None:
         run.say(
             f"BatchNorm statistics: precise, from {state.precise.num_images:,} training images before each evaluation"
@@ -444,7 +449,7 @@ def _load_data(config: TrainConfig, dist_info: D.DistInfo, options: dict[str, An
 
 
 def _make_model(
-    config: TrainConfig, data: Dataset, dist_info: D.DistInfo, say, weights: WeightsFile | None
+    config: TrainConfig, data: Dataset, dist_info: D.DistInfo, say, weights: WeightsFile | None, train: BatchLoader
 ) -> tuple[nn.Module, nn.Module, dict[str, Any], list[nn.Module]]:
     """(model, the module to train: DDP-wrapped under torchrun, build_model's kwargs, the frozen modules)."""
     device = dist_info.device
@@ -461,6 +466,8 @@ def _make_model(
         model = build_model(config.model, **model_kwargs)
     frozen = freeze_backbone(model) if config.freeze == "backbone" else []
     model.to(device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
+    if config.whiten_stem:  # before DDP, which starts every rank from rank 0's weights
+        whiten_stem(model, (x for x, _ in train.at_full_size()))
     if config.sync_bn:
         if device.type == "cuda" and D.active():
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
