@@ -55,7 +55,8 @@ def folder_config(folder, tmp_path, **overrides):
 
 
 def test_an_image_folder_trains_evaluates_and_predicts_with_its_class_names(folder, tmp_path, capsys):
-    argv = ["train", *FOLDER_ARGS, "--data-dir", str(folder), "--epochs", "2", "--hflip"]
+    # --test-every 1: best.pt's epoch (whichever validated best) has a test accuracy that eval must reproduce
+    argv = ["train", *FOLDER_ARGS, "--data-dir", str(folder), "--epochs", "2", "--hflip", "--test-every", "1"]
     assert main([*argv, "--output", str(tmp_path), "--name", "f"]) == 0
     out = capsys.readouterr().out
     assert "data: 288 train, 32 val, 80 test images at 16x16" in out  # a tenth of train/ held out for validation
