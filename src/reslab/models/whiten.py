@@ -53,7 +53,8 @@ def whiten_stem(model: nn.Module, batches: Iterable[torch.Tensor], *, eps: float
         # (B, C, H', W', kh, kw) -> one row per patch, in the weight's (C, kh, kw) order
         patches = x.float().unfold(2, kh, conv.stride[0]).unfold(3, kw, conv.stride[1])
         take = min(len(x), MAX_IMAGES - images, max(1, (MAX_PATCHES - n) // (patches.shape[2] * patches.shape[3])))
-        rows = patches[:take].permute(0, 2, 3, 1, 4, 5).reshape(-1, dims).double().cpu()
+        # summed in float64 on the CPU: millions of rows, and MPS has no float64
+        rows = patches[:take].permute(0, 2, 3, 1, 4, 5).reshape(-1, dims).cpu().double()
         cov += rows.T @ rows
         n, images = n + len(rows), images + take
         if images >= MAX_IMAGES or n >= MAX_PATCHES:
