@@ -451,7 +451,8 @@ def _load_data(config: TrainConfig, dist_info: D.DistInfo, options: dict[str, An
 def _make_model(
     config: TrainConfig, data: Dataset, dist_info: D.DistInfo, say, weights: WeightsFile | None, train: BatchLoader
 ) -> tuple[nn.Module, nn.Module, dict[str, Any], list[nn.Module]]:
-    """(model, the module to train: DDP-wrapped under torchrun, build_model's kwargs, the frozen modules)."""
+    """(model, the module to train: DDP-wrapped under torchrun, build_model's kwargs, the frozen modules); `train`'s
+    images set a whitened stem."""
     device = dist_info.device
     model_kwargs = {**config.model_kwargs, "in_chans": data.in_chans, "num_classes": len(data.classes)}
     if config.zero_init_residual:
