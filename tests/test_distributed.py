@@ -183,8 +183,10 @@ def test_two_nodes_meet_at_a_rendezvous_endpoint_and_train_one_model(tmp_path, u
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
     cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{unused_port}", "--rdzv-id", "twonodes"]
     # stopped mid-epoch (8 steps per epoch), where no evaluation has given the ranks one copy of the BatchNorm
-    # statistics: the ranks must still end identical
+    # statistics: the ranks must still end identical. --whiten-stem: each rank whitens from its own shard, and DDP
+    # must start both from rank 0's stem
     cmd += ["-m", "reslab", "train", *ARGS.split(), "--epochs", "1", "--max-steps", "5", "--output", str(tmp_path)]
+    cmd += ["--whiten-stem"]
     nodes = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
     try:
         # the first agent hosts the rendezvous store: the second starts once the store accepts connections
