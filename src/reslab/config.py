@@ -327,7 +327,7 @@ def _validate(c: TrainConfig) -> None:
 
 # The default recipe trains Fashion-MNIST at 24x24: as accurate on the validation split as 28x28 and 1.3x faster;
 # its first epoch at 16x16: 0.19 points lower on validation (92.10% over 6 seeds), 1.1x faster to 91.4% test; and a
-# whitened, frozen stem at lr 0.8: 0.28 points higher (92.38%) in the same time (docs/training.md, "The default
+# whitened, frozen stem at lr 0.8: 0.28 points higher (92.38%), and no slower (docs/training.md, "The default
 # recipe"). Other data, and pretrained weights, keep their own size and a trained stem.
 DEFAULT_RESIZE = {"fashion-mnist": 24}
 DEFAULT_PROGRESSIVE_RESIZE = {"fashion-mnist": 16}
