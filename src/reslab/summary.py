@@ -22,6 +22,7 @@ from torch.overrides import TorchFunctionMode
 
 from reslab.errors import ReslabError
 from reslab.models import list_models, model_entry
+from reslab.models.probe import first_conv
 
 PAPER_DEPTHS = (18, 34, 50, 101, 152)
 # He et al. 2015, table 1, bottom row ("FLOPs", which are multiply-adds): the v1 models, stride on the first 1x1
@@ -159,8 +160,8 @@ def parse_input_size(text: str) -> tuple[int, int, int]:
 
 def expected_in_chans(model: nn.Module) -> int | None:
     """Input channels of the first convolution (None if there is none)."""
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return None if conv is None else conv.in_channels
+    name = first_conv(model)
+    return None if name is None else model.get_submodule(name).in_channels
 
 
 def min_input_size(model: nn.Module, in_chans: int, limit: int = 4096) -> int:

@@ -48,8 +48,8 @@ from reslab.finetune import freeze_backbone, pretrained_model, read_pretrained
 from reslab.loop import EpochResult, StopRequest, train_one_epoch
 from reslab.memory import check_training_memory
 from reslab.models import build_model
-from reslab.models.probe import cpu_bf16_hazard
-from reslab.models.whiten import first_conv, whiten_stem
+from reslab.models.probe import cpu_bf16_hazard, first_conv
+from reslab.models.whiten import whiten_stem
 from reslab.optim import Schedule, build_optimizer
 from reslab.precise_bn import check_batch_statistics, module_names, precise_bn_for_run
 from reslab.report import RunWatch
@@ -296,7 +296,7 @@ def _announce(state: RunState) -> None:
         f"{config.epochs} epochs"
     )
     if config.whiten_stem:
-        stem = module_names(state.model, [first_conv(state.model)])[0]
+        stem = first_conv(state.model)
         run.say(f"stem: {stem} whitens the training images' patches (airbench's first layer), frozen")
     if state.precise is not None:
         run.say(

@@ -226,7 +226,7 @@ class BatchLoader:
 
     def at_full_size(self) -> BatchLoader:
         """A shallow copy (its own epoch) whose every epoch is at `resize`: the images of training at the size
-        evaluation uses (precise BatchNorm statistics)."""
+        evaluation uses (precise BatchNorm statistics, a whitened stem)."""
         full = copy.copy(self)
         full.progressive_resize = None
         return full

@@ -12,6 +12,12 @@ import torch
 from torch import nn
 
 
+def first_conv(model: nn.Module) -> str | None:
+    """The name of the model's first convolution (conv1, conv1.0 for the deep stem, 0.0 for the seeds' network):
+    the first Conv2d registered, as every network of the family registers its stem first; None without one."""
+    return next((name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+
+
 def input_shapes(model: nn.Module, input_size: tuple[int, int, int], names: Collection[str]) -> dict[str, torch.Size]:
     """{name: the shape of its input} for the modules of `model` named in `names`, on one forward pass of one image
     of zeros of `input_size` (C, H, W), in eval mode (the mode is restored; nothing else changes)."""

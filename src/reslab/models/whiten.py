@@ -1,6 +1,5 @@
 """A whitened, frozen stem: the network's first convolution set from the training images' patch statistics.
 
-    conv = first_conv(model)
     patches = whiten_stem(model, batches)      # batches: preprocessed training images, as the network sees them
 
 airbench (Jordan 2024, after Coates and Ng 2011) starts its CIFAR-10 network with a convolution whose filters are the
@@ -20,19 +19,11 @@ import torch
 from torch import nn
 
 from reslab.errors import ReslabError
+from reslab.models.probe import first_conv
 
 EPS = 5e-4  # airbench's, for images normalised to about unit variance per channel
 MAX_IMAGES = 5000  # airbench's: the first 5,000 training images
 MAX_PATCHES = 2_500_000  # about 5,000 images at 24x24 (3x3 patches); large images use fewer images
-
-
-def first_conv(model: nn.Module) -> nn.Conv2d:
-    """The first convolution the network applies: the first Conv2d registered (every network of the family
-    registers its stem first)."""
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if conv is None:
-        raise ReslabError("--whiten-stem: the network has no convolution")
-    return conv
 
 
 @torch.no_grad()
@@ -40,7 +31,10 @@ def whiten_stem(model: nn.Module, batches: Iterable[torch.Tensor], *, eps: float
     """Set `model`'s first convolution to whiten its input patches and freeze its weight (a bias, if any, starts at
     zero and trains). `batches`: (B, C, H, W) float images, preprocessed as training feeds them; patches are taken
     from the first of them (up to MAX_IMAGES images or MAX_PATCHES patches). Returns the number of patches used."""
-    conv = first_conv(model)
+    name = first_conv(model)
+    if name is None:
+        raise ReslabError("--whiten-stem: the network has no convolution")
+    conv = model.get_submodule(name)
     c, kh, kw = conv.weight.shape[1:]
     dims, k = c * kh * kw, conv.out_channels // 2
     if conv.groups != 1 or conv.out_channels % 2 or k > dims:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from reslab.errors import ReslabError
+from reslab.models.probe import first_conv
 
 
 def summarise(names: Iterable[str], limit: int = 8) -> str:
@@ -26,11 +27,6 @@ def summarise(names: Iterable[str], limit: int = 8) -> str:
     names = list(names)
     head = ", ".join(names[:limit])
     return head if len(names) <= limit else f"{head} and {len(names) - limit} more"
-
-
-def first_conv(model: nn.Module) -> str:
-    """The name of the model's first convolution (conv1, conv1.0 for the deep stem, 0.0 for the seeds' network)."""
-    return next(name for name, m in model.named_modules() if isinstance(m, nn.Conv2d))
 
 
 def classifier(model: nn.Module) -> str:

@@ -44,10 +44,11 @@ from reslab.checkpoint import FORMAT_VERSION, check_integrity, non_finite_tensor
 from reslab.errors import ReslabError
 from reslab.models import build_model as build_architecture
 from reslab.models import model_entry
+from reslab.models.probe import first_conv
 from reslab.models.registry import nearest_names
 from reslab.models.timm_family import not_covered, timm_resnets
 from reslab.optional import interrupted
-from reslab.weights.adapt import classifier, first_conv, fit_state_dict
+from reslab.weights.adapt import classifier, fit_state_dict
 from reslab.weights.caffe import caffe_state_dict, read_caffemodel
 from reslab.weights.download import (
     fetch_weights,
