@@ -192,6 +192,14 @@ class TrainConfig:
     amp: str = option("auto", group="speed", choices=AMP_MODES, help="mixed precision ('auto': bf16 where it is fast)")
     channels_last: bool = option(True, group="speed", help="NHWC memory format for the model and batches")
     device: str = option("auto", group="speed", choices=DEVICES, help="where to train")
+    # opt-in: compiling costs tens of seconds on a CPU, more than it saves in a run of the default recipe's length
+    # (docs/benchmarks.md, "torch.compile of the training step")
+    compile: bool = option(
+        False,
+        group="speed",
+        help="train through torch.compile (inductor; one graph per image size, compiled on its first step and "
+        "cached for later runs); evaluation stays eager",
+    )
     threads: int | None = option(
         None, group="speed", none="torch's choice, one per core", help="CPU threads per process"
     )

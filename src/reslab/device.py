@@ -9,10 +9,12 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from reslab.errors import ReslabError
 
@@ -101,6 +103,19 @@ def configure_device(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def compiled(module: nn.Module, device: torch.device) -> nn.Module:
+    """torch.compile(module) for training: one static graph per input shape (progressive resizing compiles two;
+    a dynamic-shape graph runs slower on the CPU). The returned wrapper shares `module`'s parameters, so the
+    state_dict that checkpoints save keeps its names. Inductor builds C++ for the CPU: without a compiler it would
+    fail on the first step with a long traceback, so the missing compiler is named here instead."""
+    if device.type == "cpu":
+        cxx = os.environ.get("CXX")
+        if not any(shutil.which(c) for c in ([cxx] if cxx else ["g++", "clang++"])):
+            found = f"CXX={cxx!r} is not on PATH" if cxx else "neither g++ nor clang++ is on PATH"
+            raise ReslabError(f"--compile: torch.compile needs a C++ compiler for the CPU; {found}")
+    return torch.compile(module, dynamic=False)
 
 
 def describe_machine() -> dict[str, Any]:

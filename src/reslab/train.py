@@ -40,7 +40,7 @@ from reslab.data import (
     make_loaders,
     make_splits,
 )
-from reslab.device import amp_name, amp_warning, configure_device, resolve_amp, usable_threads
+from reslab.device import amp_name, amp_warning, compiled, configure_device, resolve_amp, usable_threads
 from reslab.ema import EMA
 from reslab.errors import NonFiniteLossError, ReslabError
 from reslab.evaluate import evaluate, run_warnings
@@ -295,6 +295,8 @@ def _announce(state: RunState) -> None:
         f"{config.batch_size}{f' x {world}' if world > 1 else ''}, {state.steps_per_epoch} steps per epoch, "
         f"{config.epochs} epochs"
     )
+    if config.compile:
+        run.say("torch.compile: the training step, compiled on its first step at each image size")
     if config.whiten_stem:
         stem = first_conv(state.model)
         run.say(f"stem: {stem} whitens the training images' patches (airbench's first layer), frozen")
@@ -479,6 +481,8 @@ def _make_model(
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if config.compile:  # the loop's module only: evaluation, precise BatchNorm and the EMA use `model`, eagerly
+        train_model = compiled(train_model, device)
     return model, train_model, model_kwargs, frozen
 
 
