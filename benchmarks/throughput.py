@@ -30,12 +30,16 @@ import sys
 import time
 from pathlib import Path
 
-MODES = {  # name -> (amp dtype, channels_last)
-    "fp32": ("off", False),
-    "fp32+channels_last": ("off", True),
-    "bf16": ("bf16", False),
-    "bf16+channels_last": ("bf16", True),
+MODES = {  # name -> (amp dtype, channels_last, torch.compile)
+    "fp32": ("off", False, False),
+    "fp32+channels_last": ("off", True, False),
+    "bf16": ("bf16", False, False),
+    "bf16+channels_last": ("bf16", True, False),
+    # only when --modes names them: compiling costs tens of seconds per model and phase (reported apart)
+    "fp32+channels_last+compile": ("off", True, True),
+    "bf16+channels_last+compile": ("bf16", True, True),
 }
+DEFAULT_MODES = [name for name, (_, _, compiled) in MODES.items() if not compiled]
 # the issue-27 list: ResNet-8/20/56 at 28 px (the default and best recipes train the first two), the d2l recipe's
 # ResNet-18 at 96 px, ResNet-50 at 224 px at batch 16 (its fp32 training took 2.2 GB above the interpreter there, so
 # batch 128 would need about 17 GB)
@@ -108,7 +112,7 @@ def measure(spec: dict, mode: str, *, steps: int, min_time: float, device: str) 
     from reslab.models import build_model
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: torch and the interpreter
-    amp, channels_last = MODES[mode]
+    amp, channels_last, compiled = MODES[mode]
     dev = torch.device(device)
     dtype = resolve_amp(amp, dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -119,21 +123,27 @@ def measure(spec: dict, mode: str, *, steps: int, min_time: float, device: str) 
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, c, h, w, device=dev).contiguous(memory_format=fmt)
     y = torch.randint(0, spec["num_classes"], (batch,), device=dev)
+    net = torch.compile(model, dynamic=False) if compiled else model  # reslab train --compile's way
 
     def train_step():
         with autocast(dev, dtype):
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     def infer_step():
         with torch.inference_mode(), autocast(dev, dtype):
-            model(x)
+            net(x)
 
     result = {"mode": mode}
     for name, step in [("train", train_step), ("infer", infer_step)]:
         model.train(name == "train")
+        if compiled:  # the first call compiles this phase's graph: timed apart, never among the steps
+            t0 = time.perf_counter()
+            step()
+            _sync(dev)
+            result[f"{name}_compile_s"] = time.perf_counter() - t0
         n, seconds = _timed(step, dev, steps=steps, min_time=min_time)
         result[f"{name}_steps"] = n
         result[f"{name}_img_s"] = n * batch / seconds
@@ -190,13 +200,15 @@ def format_ratios(m: dict, *, steps: int, min_time: float, device: str) -> str:
     lines = [
         f"model: {label(m)} at {'x'.join(map(str, m['input_size']))}, batch {m['batch']}, {timed} per mode, "
         f"device {device}; ratios against {base['mode']}",
-        f"{'mode':<20} {'train img/s':>12} {'ratio':>6} {'infer img/s':>12} {'ratio':>6} {'peak MB':>8} {'ratio':>6}",
+        f"{'mode':<26} {'train img/s':>12} {'ratio':>6} {'infer img/s':>12} {'ratio':>6} {'peak MB':>8} {'ratio':>6}"
+        f" {'compile s':>9}",
     ]
     for r in m["modes"]:
+        compiling = f"{r['train_compile_s']:>5.1f}+{r['infer_compile_s']:.1f}" if "train_compile_s" in r else "-"
         lines.append(
-            f"{r['mode']:<20} {r['train_img_s']:>12.0f} {r['train_img_s'] / base['train_img_s']:>6.2f} "
+            f"{r['mode']:<26} {r['train_img_s']:>12.0f} {r['train_img_s'] / base['train_img_s']:>6.2f} "
             f"{r['infer_img_s']:>12.0f} {r['infer_img_s'] / base['infer_img_s']:>6.2f} "
-            f"{r['peak_mem_mb']:>8.0f} {r['peak_mem_mb'] / base['peak_mem_mb']:>6.2f}"
+            f"{r['peak_mem_mb']:>8.0f} {r['peak_mem_mb'] / base['peak_mem_mb']:>6.2f} {compiling:>9}"
         )
     return "\n".join(lines)
 
@@ -212,14 +224,14 @@ def format_roofline(models: list[dict], peak: dict, gemm_size: int) -> str:
         f"warm-ups, before and after the models): {peaks}",
         f"FLOPs per image: multiply-adds x {FLOPS_PER_MAC}, x {TRAIN_PASSES} for training (forward and backward); "
         "% of the GEMM peak of the mode's precision",
-        f"{'model':<14} {'input':>9} {'batch':>5} {'MACs/image':>13} {'mode':<20} {'train img/s':>11} {'GFLOP/s':>8} "
+        f"{'model':<14} {'input':>9} {'batch':>5} {'MACs/image':>13} {'mode':<26} {'train img/s':>11} {'GFLOP/s':>8} "
         f"{'%peak':>6} {'infer img/s':>11} {'GFLOP/s':>8} {'%peak':>6}",
     ]
     for m in models:
         for r in m["modes"]:
             lines.append(
                 f"{label(m):<14} {'x'.join(map(str, m['input_size'])):>9} {m['batch']:>5} "
-                f"{m['macs_per_image']:>13,} {r['mode']:<20} {r['train_img_s']:>11.1f} {r['train_gflop_s']:>8.1f} "
+                f"{m['macs_per_image']:>13,} {r['mode']:<26} {r['train_img_s']:>11.1f} {r['train_gflop_s']:>8.1f} "
                 f"{100 * r['train_fraction_of_peak']:>6.1f} {r['infer_img_s']:>11.1f} {r['infer_gflop_s']:>8.1f} "
                 f"{100 * r['infer_fraction_of_peak']:>6.1f}"
             )
@@ -302,7 +314,13 @@ def main() -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch threads in every process (default: torch's)")
-    p.add_argument("--modes", default=None, help="comma-separated subset of " + ", ".join(MODES) + " (default: all)")
+    p.add_argument(
+        "--modes",
+        default=None,
+        help="comma-separated modes, measured in this order (one may repeat, to alternate): "
+        + ", ".join(MODES)
+        + f" (default: {', '.join(DEFAULT_MODES)})",
+    )
     p.add_argument("--gemm-size", type=int, default=2048, help="n of the n x n GEMM that measures the peak")
     p.add_argument("--json", default=None, metavar="PATH", help="also write every figure as JSON to PATH")
     p.add_argument("--markdown", metavar="PATH", help="print a --json file's roofline as Markdown")
@@ -355,7 +373,7 @@ def main() -> None:
     for flag, (value, least) in minimum.items():
         if value < least:
             p.error(f"{flag}: expected at least {least}, got {value}")
-    modes = (args.modes or ",".join(MODES)).split(",")
+    modes = args.modes.split(",") if args.modes else DEFAULT_MODES
     if unknown := [m for m in modes if m not in MODES]:
         p.error(f"--modes: expected a comma-separated subset of {', '.join(MODES)}, got {', '.join(unknown)}")
     specs = args.models or f"{args.model}@{args.size}"

@@ -56,9 +56,11 @@ def test_throughput_ratios_and_roofline_are_consistent_with_the_images_per_secon
     lines = out.splitlines()
     assert lines[0].startswith("machine: ") and lines[1].endswith("ratios against fp32")
     assert "resnet20 at 1x28x28, batch 4" in lines[1]
-    assert lines[2].split() == ["mode", "train", "img/s", "ratio", "infer", "img/s", "ratio", "peak", "MB", "ratio"]
+    header = ["mode", "train", "img/s", "ratio", "infer", "img/s", "ratio", "peak", "MB", "ratio", "compile", "s"]
+    assert lines[2].split() == header
     end = lines.index("", 3)
-    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[3:end]}
+    assert all(line.split()[-1] == "-" for line in lines[3:end])  # nothing compiled
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:-1]] for line in lines[3:end]}
     assert list(rows) == ["fp32", "bf16+channels_last"]
     base, mode = rows["fp32"], rows["bf16+channels_last"]
     for col in (0, 2, 4):  # train img/s, infer img/s, peak MB; each is followed by its ratio
@@ -111,6 +113,24 @@ def test_throughput_ratios_and_roofline_are_consistent_with_the_images_per_secon
     assert [row[4] for row in md_rows] == ["fp32", "bf16+channels_last"]
     for row, r in zip(md_rows, model["modes"], strict=True):
         assert float(row[7]) == pytest.approx(100 * r["train_fraction_of_peak"], abs=0.05)
+
+
+def test_throughput_compiles_only_the_modes_that_say_so_and_times_the_compiling_apart(tmp_path):
+    report = tmp_path / "compiled.json"
+    modes = "fp32+channels_last,fp32+channels_last+compile,fp32+channels_last"  # a mode may repeat, to alternate
+    args = ["--models", "resnet8@8", "--steps", "1", "--batch", "4", "--modes", modes, "--threads", "1"]
+    out = run_script("benchmarks/throughput.py", *args, "--gemm-size", "64", "--json", str(report))
+    (model,) = json.loads(report.read_text())["models"]
+    assert [r["mode"] for r in model["modes"]] == modes.split(",")
+    eager, compiled, again = model["modes"]
+    assert "train_compile_s" not in eager and "train_compile_s" not in again
+    assert compiled["train_compile_s"] > 0 and compiled["infer_compile_s"] > 0 and compiled["train_steps"] >= 1
+    rows = [line.split() for line in out.splitlines() if line.startswith("fp32+channels_last")][:3]
+    assert [row[-1] for row in rows] == [
+        "-",
+        f"{compiled['train_compile_s']:.1f}+{compiled['infer_compile_s']:.1f}",
+        "-",
+    ]
 
 
 def load_throughput():
