@@ -39,7 +39,7 @@ MODES = {  # name -> (amp dtype, channels_last, torch.compile)
     "fp32+channels_last+compile": ("off", True, True),
     "bf16+channels_last+compile": ("bf16", True, True),
 }
-DEFAULT_MODES = [name for name, (_, _, compiled) in MODES.items() if not compiled]
+DEFAULT_MODES = [name for name, (_, _, with_compile) in MODES.items() if not with_compile]
 # the issue-27 list: ResNet-8/20/56 at 28 px (the default and best recipes train the first two), the d2l recipe's
 # ResNet-18 at 96 px, ResNet-50 at 224 px at batch 16 (its fp32 training took 2.2 GB above the interpreter there, so
 # batch 128 would need about 17 GB)
@@ -108,11 +108,11 @@ def measure(spec: dict, mode: str, *, steps: int, min_time: float, device: str) 
     import torch
     import torch.nn.functional as F
 
-    from reslab.device import autocast, resolve_amp
+    from reslab.device import autocast, compiled, resolve_amp
     from reslab.models import build_model
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: torch and the interpreter
-    amp, channels_last, compiled = MODES[mode]
+    amp, channels_last, with_compile = MODES[mode]
     dev = torch.device(device)
     dtype = resolve_amp(amp, dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -123,7 +123,7 @@ def measure(spec: dict, mode: str, *, steps: int, min_time: float, device: str) 
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, c, h, w, device=dev).contiguous(memory_format=fmt)
     y = torch.randint(0, spec["num_classes"], (batch,), device=dev)
-    net = torch.compile(model, dynamic=False) if compiled else model  # reslab train --compile's way
+    net = compiled(model, dev) if with_compile else model  # as `reslab train --compile` compiles
 
     def train_step():
         with autocast(dev, dtype):
@@ -139,7 +139,7 @@ def measure(spec: dict, mode: str, *, steps: int, min_time: float, device: str) 
     result = {"mode": mode}
     for name, step in [("train", train_step), ("infer", infer_step)]:
         model.train(name == "train")
-        if compiled:  # the first call compiles this phase's graph: timed apart, never among the steps
+        if with_compile:  # the first call compiles this phase's graph: timed apart, never among the steps
             t0 = time.perf_counter()
             step()
             _sync(dev)
@@ -204,7 +204,7 @@ def format_ratios(m: dict, *, steps: int, min_time: float, device: str) -> str:
         f" {'compile s':>9}",
     ]
     for r in m["modes"]:
-        compiling = f"{r['train_compile_s']:>5.1f}+{r['infer_compile_s']:.1f}" if "train_compile_s" in r else "-"
+        compiling = f"{r['train_compile_s']:.1f}+{r['infer_compile_s']:.1f}" if "train_compile_s" in r else "-"
         lines.append(
             f"{r['mode']:<26} {r['train_img_s']:>12.0f} {r['train_img_s'] / base['train_img_s']:>6.2f} "
             f"{r['infer_img_s']:>12.0f} {r['infer_img_s'] / base['infer_img_s']:>6.2f} "

@@ -192,8 +192,8 @@ class TrainConfig:
     amp: str = option("auto", group="speed", choices=AMP_MODES, help="mixed precision ('auto': bf16 where it is fast)")
     channels_last: bool = option(True, group="speed", help="NHWC memory format for the model and batches")
     device: str = option("auto", group="speed", choices=DEVICES, help="where to train")
-    # opt-in: compiling costs tens of seconds on a CPU, more than it saves in a run of the default recipe's length
-    # (docs/benchmarks.md, "torch.compile of the training step")
+    # opt-in: on a CPU compiling costs more than it saves in the default recipe's 30 s, and a --recipe best run
+    # compiled was no faster (docs/benchmarks.md, "torch.compile of the training step")
     compile: bool = option(
         False,
         group="speed",
