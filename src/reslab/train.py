@@ -277,8 +277,8 @@ def resume(state: RunState, ckpt: dict[str, Any]) -> None:
 
 
 def _announce(state: RunState) -> None:
-    """The run's folder, data, model and optimiser, in four lines (and the stem and BatchNorm statistics where
-    they are not the usual ones)."""
+    """The run's folder, data, model and optimiser, in four lines (and compiling, the stem and the BatchNorm
+    statistics where they are not the usual ones)."""
     run, config, world = state.run, state.config, state.run.world_size
     n_params = sum(p.numel() for p in state.model.parameters())
     n = torch.get_num_threads()
